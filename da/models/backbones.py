@@ -1,0 +1,210 @@
+"""Backbones: map an input batch to a feature matrix ``(n, out_features)``.
+
+The contract (what a user implements to bring any encoder: image, text, tabular, audio):
+
+* an ``nn.Module`` whose ``forward(x)`` takes a batch (a tensor, or a dict of tensors) and returns ``(n, d)`` features;
+* an int attribute ``out_features`` (= d);
+* optionally ``blocks() -> list[nn.Module]``, its layers in input-to-output order, so that
+  ``--model.freeze_blocks k`` can freeze the first k of them.
+
+Built-in names for ``--model.backbone``: ``lenet`` (digits), ``mlp`` and ``linear`` (feature vectors), ``hf`` (a Hugging
+Face encoder, extra ``da[text]``), any torchvision classifier (``resnet18``, ``resnet50``, ``vit_b_16``, ...), or a dotted
+path ``my_pkg.my_module.MyEncoder`` (constructed with ``backbone_args``, plus ``input_shape`` if it accepts it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from da.errors import unknown_name
+
+
+class LeNet(nn.Module):
+    """LeNet-style CNN for digits (any size >= 16 px, 1 or 3 channels).
+
+    conv5(32)-BN-ReLU-pool, conv5(64)-BN-ReLU-pool, adaptive average pooling to 4x4, linear to ``out_features``,
+    ReLU, dropout. About 0.3 M parameters at the defaults.
+    """
+
+    def __init__(self, in_channels: int = 1, out_features: int = 256, width: int = 32, dropout: float = 0.0):
+        super().__init__()
+        self.out_features = out_features
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, width, 5, padding=2), nn.BatchNorm2d(width), nn.ReLU(),
+                                   nn.MaxPool2d(2))
+        self.conv2 = nn.Sequential(nn.Conv2d(width, 2 * width, 5, padding=2), nn.BatchNorm2d(2 * width), nn.ReLU(),
+                                   nn.MaxPool2d(2))
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 16, out_features), nn.ReLU(), nn.Dropout(dropout))
+
+    def blocks(self) -> List[nn.Module]:
+        return [self.conv1, self.conv2, self.fc]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.conv2(self.conv1(x))))
+
+
+class MLP(nn.Module):
+    """Fully connected feature extractor for vector inputs: ``in_features -> hidden... `` with ReLU and dropout."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int] = (256,), dropout: float = 0.0,
+                 batch_norm: bool = False):
+        super().__init__()
+        layers: List[nn.Module] = []
+        d = in_features
+        for h in hidden:
+            block: List[nn.Module] = [nn.Linear(d, h)]
+            if batch_norm:
+                block.append(nn.BatchNorm1d(h))
+            block += [nn.ReLU(), nn.Dropout(dropout)]
+            layers.append(nn.Sequential(*block))
+            d = h
+        self.layers = nn.Sequential(*layers)
+        self.out_features = d
+
+    def blocks(self) -> List[nn.Module]:
+        return list(self.layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x.flatten(1))
+
+
+class Flatten(nn.Module):
+    """The identity on flattened inputs: a linear model when followed by the classifier."""
+
+    def __init__(self, in_features: int):
+        super().__init__()
+        self.out_features = in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+class TorchvisionBackbone(nn.Module):
+    """Any torchvision classifier with its final layer removed.
+
+    Args:
+        name: a torchvision model name (``torchvision.models.list_models()``), e.g. ``resnet18``, ``resnet50``.
+        pretrained: load torchvision's default ImageNet weights (downloads them once into the torch hub cache).
+        weights_path: a local ``.pth`` state dict of the full torchvision model (for machines without internet).
+        in_channels: input channels of the data; grayscale batches are repeated to 3 channels.
+    """
+
+    def __init__(self, name: str = "resnet18", pretrained: bool = False, weights_path: Optional[str] = None,
+                 in_channels: int = 3):
+        super().__init__()
+        import torchvision
+
+        known = set(torchvision.models.list_models(module=torchvision.models))
+        if name not in known:
+            raise unknown_name("torchvision model", name, known)
+        model = torchvision.models.get_model(name, weights=None)
+        if weights_path is not None:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        elif pretrained:
+            model.load_state_dict(_download_torchvision_weights(name))
+        self.name = name
+        self.in_channels = in_channels
+        self.out_features = _strip_classifier(model)
+        self.model = model
+
+    def blocks(self) -> List[nn.Module]:
+        m = self.model
+        if all(hasattr(m, k) for k in ("conv1", "bn1", "layer1", "layer4")):  # ResNet family
+            return [nn.ModuleList([m.conv1, m.bn1]), m.layer1, m.layer2, m.layer3, m.layer4]
+        if hasattr(m, "features"):
+            return list(m.features)
+        return [m]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.model(x).flatten(1)
+
+
+def _download_torchvision_weights(name: str) -> Dict[str, torch.Tensor]:
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    try:
+        return weights.get_state_dict(progress=True)
+    except Exception as err:  # no network, proxy, ...
+        raise RuntimeError(
+            f"could not download the pretrained weights of '{name}' ({err.__class__.__name__}: {err}). "
+            f"On a machine with internet, download {weights.url} and pass it with "
+            f"--model.backbone_args.weights_path /path/to/{weights.url.rsplit('/', 1)[-1]}, "
+            f"or train without them: --model.backbone_args.pretrained false") from err
+
+
+def _strip_classifier(model: nn.Module) -> int:
+    """Replace the final classification layer by the identity and return the feature dimension."""
+    for attr in ("fc", "classifier", "head", "heads"):
+        layer = getattr(model, attr, None)
+        if layer is None:
+            continue
+        if isinstance(layer, nn.Linear):
+            setattr(model, attr, nn.Identity())
+            return layer.in_features
+        if isinstance(layer, nn.Sequential):
+            linears = [i for i, m in enumerate(layer) if isinstance(m, nn.Linear)]
+            if linears:
+                last = linears[-1]
+                dim = layer[last].in_features
+                layer[last] = nn.Identity()
+                return dim
+    raise ValueError(f"cannot find the classification layer of {type(model).__name__} to remove")
+
+
+def _hf(input_shape: Sequence[int], **kwargs: Any) -> nn.Module:
+    from da.models.text import HFEncoder
+
+    return HFEncoder(**kwargs)
+
+
+def build_backbone(name: str, input_shape: Sequence[int], **kwargs: Any) -> nn.Module:
+    """Build a backbone by name for inputs of shape ``input_shape`` (per sample, e.g. ``(1, 16, 16)`` or ``(5000,)``)."""
+    input_shape = tuple(input_shape) if input_shape is not None else ()
+    if name == "lenet":
+        return LeNet(in_channels=input_shape[0] if len(input_shape) == 3 else 1, **kwargs)
+    if name == "mlp":
+        return MLP(in_features=_numel(input_shape), **kwargs)
+    if name == "linear":
+        return Flatten(in_features=_numel(input_shape))
+    if name == "hf":
+        return _hf(input_shape, **kwargs)
+    if "." in name:
+        module_name, cls_name = name.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        if "input_shape" in inspect.signature(cls).parameters:
+            kwargs = {"input_shape": input_shape, **kwargs}
+        backbone = cls(**kwargs)
+        if not isinstance(getattr(backbone, "out_features", None), int):
+            raise TypeError(f"backbone {name} must set an int attribute `out_features` (its feature dimension)")
+        return backbone
+    import torchvision
+
+    if name in set(torchvision.models.list_models(module=torchvision.models)):
+        in_ch = input_shape[0] if len(input_shape) == 3 else 3
+        return TorchvisionBackbone(name, in_channels=in_ch, **kwargs)
+    known = ["lenet", "mlp", "linear", "hf", "resnet18", "resnet50", "<any torchvision model>", "<pkg.module.Class>"]
+    raise unknown_name("backbone", name, known)
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+class Bottleneck(nn.Sequential):
+    """``Linear(in, dim) -> BatchNorm1d -> ReLU -> Dropout``: the adaptation layer of DAN/DANN/CDAN recipes."""
+
+    def __init__(self, in_features: int, dim: int, dropout: float = 0.5):
+        super().__init__(nn.Linear(in_features, dim), nn.BatchNorm1d(dim), nn.ReLU(), nn.Dropout(dropout))
+        self.out_features = dim

@@ -1,0 +1,298 @@
+"""`TransferModule`: the one LightningModule of `da`.
+
+ERM (source-only), target oracle, few-shot fine-tuning, L2-SP, multi-source anchors, DANN, MMD, CORAL and any
+combination are configurations of this class: a backbone, an optional bottleneck, a linear classifier and a list of
+:class:`~da.losses.base.AdaptationLoss` terms. One training step::
+
+    f_s, f_t = bottleneck(backbone(x_s)), bottleneck(backbone(x_t))     # one forward on cat(x_s, x_t)
+    loss = CE(classifier(f_s), y_s) + sum_i weight_i * schedule_i(p) * term_i(ctx),  p = step / total_steps
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence, Set
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from da.errors import unknown_name
+from da.losses.base import AdaptationLoss, StepContext
+from da.models.backbones import Bottleneck, build_backbone
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "cosine", "step", "dann")
+
+
+class TransferModule(pl.LightningModule):
+    """Backbone + bottleneck + classifier, trained with cross-entropy plus a list of adaptation losses.
+
+    Args:
+        num_classes, input_shape, num_sources: filled in from the data module (linked by the CLI).
+        backbone: ``lenet``, ``mlp``, ``linear``, ``hf``, a torchvision name (``resnet18``, ...) or ``pkg.module.Class``.
+        backbone_args: keyword arguments of the backbone (e.g. ``{pretrained: true}``, ``{hidden: [256]}``).
+        bottleneck_dim: width of a ``Linear-BN-ReLU-Dropout`` layer between backbone and classifier (None: none).
+        losses: adaptation terms, e.g. ``[{class_path: da.losses.DomainAdversarialLoss, init_args: {weight: 1.0}}]``.
+        method_name: the name results are grouped under (default: the loss terms' names joined by ``+``, or ``erm``).
+        init_from: a checkpoint whose backbone (and head, when the label sets match or ``init_head='always'``) is the
+            starting point: parameter transfer from another task. Loaded with ``weights_only=True``.
+        init_head: ``auto`` (load the head if its shape matches), ``always``, ``never``.
+        freeze_backbone: train only the head (feature extraction).
+        freeze_blocks: freeze the first k blocks of the backbone (``backbone.blocks()``).
+        optimizer: ``sgd`` (momentum), ``adam`` or ``adamw``; ``lr``, ``momentum``, ``weight_decay``.
+        backbone_lr_mult: learning-rate multiplier of the backbone (e.g. 0.1 when fine-tuning).
+        no_decay_norm_bias: no weight decay on biases and normalisation weights.
+        scheduler: ``none``, ``cosine``, ``step`` (x``gamma`` every ``step_size`` fraction of training) or ``dann``
+            (``lr / (1 + 10 p)^0.75``, Ganin & Lempitsky 2015).
+        concat_forward: one backbone forward on ``cat(x_s, x_t)`` (BatchNorm sees both domains, as in TLlib's DANN);
+            False runs two forwards.
+        label_smoothing: of the cross-entropy.
+    """
+
+    def __init__(self, num_classes: int = 10, input_shape: Sequence[int] = (1, 16, 16), num_sources: int = 1,
+                 backbone: str = "lenet", backbone_args: Optional[Dict[str, Any]] = None,
+                 bottleneck_dim: Optional[int] = None, bottleneck_dropout: float = 0.5,
+                 losses: Optional[List[AdaptationLoss]] = None, method_name: Optional[str] = None,
+                 init_from: Optional[str] = None, init_head: str = "auto", freeze_backbone: bool = False,
+                 freeze_blocks: int = 0, optimizer: str = "adam", lr: float = 1e-3, momentum: float = 0.9,
+                 weight_decay: float = 0.0, backbone_lr_mult: float = 1.0, no_decay_norm_bias: bool = True,
+                 scheduler: str = "none", step_size: float = 0.5, gamma: float = 0.1, concat_forward: bool = True,
+                 label_smoothing: float = 0.0):
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise unknown_name("optimizer", optimizer, OPTIMIZERS)
+        if scheduler not in SCHEDULERS:
+            raise unknown_name("scheduler", scheduler, SCHEDULERS)
+        if init_head not in ("auto", "always", "never"):
+            raise unknown_name("init_head mode", init_head, ("auto", "always", "never"))
+        self.save_hyperparameters(ignore=["losses"])
+        self.num_classes = int(num_classes)
+        self.num_sources = int(num_sources)
+        self.backbone = build_backbone(backbone, input_shape, **(backbone_args or {}))
+        feat = self.backbone.out_features
+        self.bottleneck = Bottleneck(feat, bottleneck_dim, bottleneck_dropout) if bottleneck_dim else nn.Identity()
+        self.classifier = nn.Linear(bottleneck_dim or feat, self.num_classes)
+        self.losses = nn.ModuleList(losses or [])
+        names = [l.name for l in self.losses]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two loss terms share a name {names}: give each a distinct `name`")
+        self.method_name = method_name or ("+".join(names) if names else "erm")
+        # per-domain weight of the supervised loss (sources 0..D-1, labelled target D); the negative-transfer monitor
+        # may down-weight a harmful source here
+        self.register_buffer("source_weights", torch.ones(self.num_sources + 1), persistent=True)
+        self._pretrained: Set[str] = set()
+        if backbone_args and (backbone_args.get("pretrained") or backbone_args.get("weights_path")) or backbone == "hf":
+            self._pretrained |= {f"backbone.{n}" for n, _ in self.backbone.named_parameters()}
+        if init_from:
+            self._load_init(init_from, init_head)
+        self._freeze(freeze_backbone, freeze_blocks)
+        for loss in self.losses:
+            loss.setup(self)
+        self.needs_target = any(getattr(l, "needs_target", True) for l in self.losses)
+        self.acc = nn.ModuleDict({
+            f"{split}_{dom}_{avg}": MulticlassAccuracy(self.num_classes, average=avg)
+            for split in ("val", "test") for dom in ("source", "target") for avg in ("micro", "macro")})
+        self._val_target_probs: List[torch.Tensor] = []
+        self._test_preds: List[torch.Tensor] = []
+        self._test_targets: List[torch.Tensor] = []
+        self.history: List[Dict[str, float]] = []
+        self.predictions: Dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ model
+    def pretrained_parameter_names(self) -> Set[str]:
+        """Names of the parameters that come from a starting point (pretrained weights or ``init_from``)."""
+        return set(self._pretrained)
+
+    def features_and_logits(self, x: Any):
+        f = self.bottleneck(self.backbone(x))
+        return f, self.classifier(f)
+
+    def forward(self, x: Any) -> torch.Tensor:
+        return self.features_and_logits(x)[1]
+
+    def _load_init(self, path: str, init_head: str) -> None:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        state = ckpt.get("state_dict", ckpt)
+        own = self.state_dict()
+        keep_head = init_head != "never"
+        loaded, skipped = [], []
+        new_state = {}
+        for k, v in state.items():
+            if not (k.startswith("backbone.") or k.startswith("bottleneck.") or k.startswith("classifier.")):
+                continue
+            is_head = not k.startswith("backbone.")
+            if k not in own:
+                skipped.append(k)
+                continue
+            if own[k].shape != v.shape:
+                if is_head and init_head != "always":
+                    skipped.append(k)
+                    continue
+                raise ValueError(f"init_from {path}: parameter {k} has shape {tuple(v.shape)} in the checkpoint but "
+                                 f"{tuple(own[k].shape)} here; use the same backbone (and bottleneck_dim)")
+            if is_head and not keep_head:
+                continue
+            new_state[k] = v
+        head_keys = [k for k in own if k.startswith("classifier.")]
+        head_ok = all(k in new_state for k in head_keys)
+        if not head_ok:  # a new head for a new label set: keep all of the head random
+            new_state = {k: v for k, v in new_state.items() if not k.startswith("classifier.")}
+        missing = [k for k in own if k.startswith("backbone.") and k not in new_state]
+        if missing:
+            raise ValueError(f"init_from {path}: the checkpoint has no weights for {missing[:5]} ...; "
+                             f"is it a checkpoint of the same backbone?")
+        self.load_state_dict(new_state, strict=False)
+        loaded = list(new_state)
+        params = {n for n, _ in self.named_parameters()}
+        self._pretrained |= {k for k in loaded if k in params}
+        self.init_info = {"path": str(path), "loaded": len(loaded), "head_transferred": head_ok, "skipped": skipped}
+
+    def _freeze(self, freeze_backbone: bool, freeze_blocks: int) -> None:
+        if freeze_backbone:
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+        if freeze_blocks:
+            if not hasattr(self.backbone, "blocks"):
+                raise ValueError(f"backbone {type(self.backbone).__name__} has no blocks(); cannot freeze_blocks")
+            blocks = self.backbone.blocks()
+            if freeze_blocks > len(blocks):
+                raise ValueError(f"freeze_blocks={freeze_blocks} but the backbone has {len(blocks)} blocks")
+            for b in blocks[:freeze_blocks]:
+                for p in b.parameters():
+                    p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.hparams.freeze_backbone:  # a frozen feature extractor keeps its BatchNorm statistics
+            self.backbone.eval()
+        return self
+
+    # ------------------------------------------------------------------ training
+    @property
+    def progress(self) -> float:
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
+        if not total or math.isinf(total):
+            return 0.0
+        return min(self.global_step / total, 1.0)
+
+    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
+        x_s, y_s, d_s = batch["source"]
+        x_t = batch["target"][0] if self.needs_target else None
+        n_s = len(y_s)
+        if x_t is not None and self.hparams.concat_forward and isinstance(x_s, torch.Tensor):
+            f, logits = self.features_and_logits(torch.cat([x_s, x_t]))
+            f_s, f_t, logits_s, logits_t = f[:n_s], f[n_s:], logits[:n_s], logits[n_s:]
+        else:
+            f_s, logits_s = self.features_and_logits(x_s)
+            f_t, logits_t = self.features_and_logits(x_t) if x_t is not None else (None, None)
+        ce = F.cross_entropy(logits_s, y_s, reduction="none", label_smoothing=self.hparams.label_smoothing)
+        w = self.source_weights[d_s]
+        cls = (ce * w).sum() / w.sum().clamp_min(1e-12)
+        p = self.progress
+        ctx = StepContext(f_s=f_s, f_t=f_t, logits_s=logits_s, logits_t=logits_t, y_s=y_s, d_s=d_s,
+                          num_sources=self.num_sources, progress=p, module=self, step=self.global_step)
+        total = cls
+        logs = {"train/cls": cls.detach()}
+        for term in self.losses:
+            coef = term.current_weight(p)
+            value = term(ctx)
+            total = total + coef * value
+            logs[f"train/{term.name}"] = value.detach()
+            logs[f"train/{term.name}_weight"] = torch.tensor(coef)
+            for k, v in term.last_logs.items():
+                logs[f"train/{term.name}_{k}"] = torch.as_tensor(v).detach().float()
+        logs["train/loss"] = total.detach()
+        logs["train/source_acc"] = (logits_s.detach().argmax(-1) == y_s).float().mean()
+        self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False, batch_size=n_s)
+        self.log("loss", total.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False, batch_size=n_s)
+        return total
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, split: str, batch, dataloader_idx: int) -> None:
+        x, y, _ = batch
+        logits = self(x)
+        dom = "source" if dataloader_idx == 0 else "target"
+        for avg in ("micro", "macro"):
+            self.acc[f"{split}_{dom}_{avg}"].update(logits, y)
+        if dom == "target":
+            if split == "val":
+                self._val_target_probs.append(logits.float().softmax(-1).detach())
+            else:
+                self._test_preds.append(logits.argmax(-1).detach())
+                self._test_targets.append(y.detach())
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("val", batch, dataloader_idx)
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("test", batch, dataloader_idx)
+
+    def _log_acc(self, split: str) -> Dict[str, float]:
+        out = {}
+        for dom in ("source", "target"):
+            for avg, suffix in (("micro", ""), ("macro", "_macro")):
+                m = self.acc[f"{split}_{dom}_{avg}"]
+                if m.update_count == 0:
+                    continue
+                out[f"{split}/{dom}_acc{suffix}"] = m.compute()
+                m.reset()
+        self.log_dict(out, prog_bar=split == "val", sync_dist=False)
+        return {k: float(v) for k, v in out.items()}
+
+    def on_validation_epoch_end(self) -> None:
+        logged = self._log_acc("val")
+        if self._val_target_probs:
+            from da.validators import unsupervised_scores
+
+            probs = torch.cat(self._val_target_probs)
+            if self.trainer.world_size > 1:
+                probs = self.all_gather(probs).flatten(0, 1)
+            scores = unsupervised_scores(probs)
+            self.log_dict({f"val/target_{k}": v for k, v in scores.items()}, sync_dist=False)
+            logged.update({f"val/target_{k}": float(v) for k, v in scores.items()})
+            self._val_target_probs.clear()
+        if not self.trainer.sanity_checking:
+            self.history.append({"step": int(self.global_step), "epoch": int(self.current_epoch), **logged})
+
+    def on_test_epoch_end(self) -> None:
+        self._log_acc("test")
+        if self._test_preds:
+            pred, y = torch.cat(self._test_preds), torch.cat(self._test_targets)
+            if self.trainer.world_size > 1:
+                pred, y = self.all_gather(pred).flatten(0, 1), self.all_gather(y).flatten(0, 1)
+            self.predictions = {"y": y.cpu(), "pred": pred.cpu()}
+            self._test_preds.clear()
+            self._test_targets.clear()
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups: Dict[tuple, List[nn.Parameter]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            lr = hp.lr * (hp.backbone_lr_mult if name.startswith("backbone.") else 1.0)
+            decay = hp.weight_decay if not (hp.no_decay_norm_bias and p.ndim <= 1) else 0.0
+            groups.setdefault((lr, decay), []).append(p)
+        if not groups:
+            raise ValueError("no trainable parameters: everything is frozen")
+        params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0)
+        elif hp.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=hp.lr)
+        else:
+            opt = torch.optim.AdamW(params, lr=hp.lr)
+        if hp.scheduler == "none":
+            return opt
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        if hp.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        elif hp.scheduler == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(int(hp.step_size * total), 1), gamma=hp.gamma)
+        else:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 + 10 * min(s / total, 1.0)) ** -0.75)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
