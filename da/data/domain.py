@@ -113,6 +113,7 @@ def register_dataset(name: str, domains: Sequence[str], modality: str = "image",
 
 def _ensure_builtin_datasets() -> None:
     # importing the reader modules registers their datasets
+    import da.data.blobs  # noqa: F401
     import da.data.readers  # noqa: F401
 
 

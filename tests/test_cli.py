@@ -1,0 +1,104 @@
+"""End to end through the `da` command (in-process): records, determinism, resume, failures, errors."""
+
+import json
+
+import pytest
+import torch
+
+from da.cli import main, run_cli
+from tests.helpers import fit_args
+
+
+def _record(run_dir):
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def test_fit_writes_a_complete_record(tmp_path):
+    run_cli(fit_args(tmp_path / "r"))
+    rec = _record(tmp_path / "r")
+    assert rec["status"] == "finished" and rec["schema"] == 1
+    assert rec["task"] == "blobs/0->blobs/1" and rec["method"] == "erm" and rec["seed"] == 0
+    for key in ("val/source_acc", "test/target_acc", "test/target_acc_macro", "test/source_acc", "train/loss",
+                "train/cls", "val/target_entropy", "val/target_snd", "val/target_bnm"):
+        assert key in rec["metrics"], key
+    # blobs 0 -> 1 is an easy shift: a source-only MLP transfers well above chance (1/3)
+    assert rec["metrics"]["test/target_acc"] > 0.6
+    assert rec["metrics"]["val/source_acc"] > 0.8
+    assert [h["step"] for h in rec["history"]] == [20, 40]
+    assert rec["config"]["model"]["backbone"] == "mlp" and len(rec["config_hash"]) == 12
+    assert rec["versions"]["torch"] and rec["wall_time_s"] > 0
+    run = tmp_path / "r"
+    assert (run / "config.yaml").exists() and (run / "metrics.csv").exists()
+    assert (run / "checkpoints" / "last.ckpt").exists() and (run / "checkpoints" / "best.ckpt").exists()
+    preds = torch.load(run / "predictions.pt", weights_only=True)["target_test"]
+    assert len(preds["y"]) == 300
+    acc = (preds["y"] == preds["pred"]).float().mean().item()
+    assert acc == pytest.approx(rec["metrics"]["test/target_acc"], abs=1e-6)
+
+
+def test_same_seed_same_metrics_other_seed_differs(tmp_path):
+    runs = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        run_cli(fit_args(tmp_path / name, ["--seed_everything", str(seed)]))
+        runs.append(_record(tmp_path / name))
+    a, b, c = (r["metrics"] for r in runs)
+    assert a["train/loss"] == b["train/loss"] and a["test/target_acc"] == b["test/target_acc"]
+    assert a["train/loss"] != c["train/loss"]
+    assert runs[0]["config_hash"] == runs[1]["config_hash"] != runs[2]["config_hash"]
+
+
+def test_resume_from_last_checkpoint(tmp_path):
+    run = tmp_path / "r"
+    run_cli(fit_args(run, ["--trainer.max_steps", "20"]))
+    run_cli(fit_args(run, ["--ckpt_path", "last"]))
+    rec = _record(run)
+    assert rec["status"] == "finished"
+    # the resumed run validated only at step 40: steps 1..20 were restored from the checkpoint
+    assert [h["step"] for h in rec["history"]] == [40]
+
+
+def test_failed_run_is_recorded_as_failed(tmp_path):
+    run = tmp_path / "r"
+    with pytest.raises(Exception):
+        # a negative learning rate passes the parser but makes the optimizer raise inside fit
+        run_cli(fit_args(run, ["--model.lr", "-1"]))
+    rec = _record(run)
+    assert rec["status"] == "failed" and "learning rate" in rec["error"]
+
+
+def test_unknown_dataset_suggests_the_nearest(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown dataset 'blob'; did you mean 'blobs'\?"):
+        run_cli(fit_args(tmp_path / "r", ["--data.target", "blob/1"]))
+
+
+def test_unknown_domain_lists_known(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown domain of dataset 'blobs' '7'.*known: 0, 1, 2, 3, 4"):
+        run_cli(fit_args(tmp_path / "r", ["--data.target", "blobs/7"]))
+
+
+def test_unknown_config_key_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_cli(fit_args(tmp_path / "r", ["--model.not_a_key", "1"]))
+    assert "not_a_key" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_gpu_without_gpu_is_a_clear_error(tmp_path):
+    with pytest.raises(Exception, match="(?i)gpu|cuda"):
+        run_cli(fit_args(tmp_path / "r", ["--trainer.accelerator", "gpu"]))
+
+
+def test_top_level_help_lists_commands(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("fit", "test", "sweep", "table", "detect"):
+        assert cmd in out
+
+
+def test_direct_transfer_with_da_test(tmp_path):
+    run_cli(fit_args(tmp_path / "src"))
+    ckpt = tmp_path / "src" / "checkpoints" / "last.ckpt"
+    run_cli(fit_args(tmp_path / "t", ["--ckpt_path", str(ckpt)], command="test"))
+    fit_rec, test_rec = _record(tmp_path / "src"), _record(tmp_path / "t")
+    assert test_rec["subcommand"] == "test"
+    assert test_rec["metrics"]["test/target_acc"] == pytest.approx(fit_rec["metrics"]["test/target_acc"])
