@@ -118,7 +118,11 @@ class HFEncoder(nn.Module):
         self.out_features = int(self.model.config.hidden_size)
         self._forward_keys = set(inspect.signature(self.model.forward).parameters)
         if gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": False}
+            if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.frozen = bool(freeze)
         blocks = self.blocks()
         if freeze_layers > len(blocks):
