@@ -93,7 +93,7 @@ def _caption(metric, scale, validator, select_over, selection, cells, higher_is_
     n_txt = f"n={ns[0]} seed{'s' if ns[0] != 1 else ''}" if len(ns) == 1 else (
         f"n={ns[0]}-{ns[-1]} seeds (cells with fewer than {ns[-1]} show their n)"
     )
-    scale_txt = f" x {scale:g}" if scale != 1 else ""
+    scale_txt = f" (x{scale:g})" if scale != 1 else ""
     parts = []
     if validator.uses_target_labels:
         parts.append("ORACLE model selection (uses target labels; an upper bound, not an unsupervised result).")
