@@ -1,5 +1,6 @@
 """L2-SP and L2: hand-computed values, gradients alpha (w - w0) and beta w, buffers, checkpoints, bf16."""
 
+import math
 import pickle
 
 import pytest
@@ -235,3 +236,35 @@ def test_setup_required():
         L2SP()(ctx_for(Tiny()))
     with pytest.raises(ValueError, match="alpha"):
         L2SP(alpha=-1.0)
+
+
+# --- the loss registry (da.losses.build_loss) --------------------------------------------------------------
+def test_build_loss_from_names_dicts_instances_and_class_paths(tmp_path, monkeypatch):
+    from da.losses import LOSSES, MKMMD, DomainAdversarialLoss, build_loss
+
+    assert isinstance(build_loss("l2sp"), L2SP) and type(build_loss("mmd")) is MKMMD
+    built = build_loss({"name": "l2sp", "alpha": 0.5, "weight": 2.0})
+    assert (built.alpha, built.weight) == (0.5, 2.0)
+    built = build_loss({"class_path": "da.losses.DomainAdversarialLoss", "init_args": {"hidden": 7}})
+    assert isinstance(built, DomainAdversarialLoss) and built.hidden == 7
+    same = L2(beta=0.1)
+    assert build_loss(same) is same
+    assert set(LOSSES) >= {"l2sp", "l2", "anchors", "dann", "cdan", "mmd", "mkmmd", "jmmd", "coral"}
+    (tmp_path / "my_entropy.py").write_text(
+        "from da.losses import AdaptationLoss\n"
+        "class TargetEntropy(AdaptationLoss):\n"
+        "    def forward(self, ctx):\n"
+        "        p = ctx.logits_t.softmax(-1)\n"
+        "        return -(p * p.clamp_min(1e-8).log()).sum(-1).mean()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin = build_loss({"class_path": "my_entropy.TargetEntropy", "init_args": {"weight": 0.1}})
+    logits = torch.zeros(3, 4)
+    value = plugin(StepContext(f_s=logits, f_t=logits, logits_s=logits, logits_t=logits,
+                               y_s=torch.zeros(3, dtype=torch.long)))
+    assert plugin.weight == 0.1 and value.item() == pytest.approx(math.log(4))
+    with pytest.raises(ValueError, match="did you mean 'l2sp'"):
+        build_loss("l2pp")
+    with pytest.raises(ValueError, match="cannot import"):
+        build_loss("nowhere.Missing")
+    with pytest.raises(TypeError, match="not an AdaptationLoss"):
+        build_loss("torch.nn.Linear")
