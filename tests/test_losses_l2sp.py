@@ -268,3 +268,10 @@ def test_build_loss_from_names_dicts_instances_and_class_paths(tmp_path, monkeyp
         build_loss("nowhere.Missing")
     with pytest.raises(TypeError, match="not an AdaptationLoss"):
         build_loss("torch.nn.Linear")
+
+
+def test_warns_when_nothing_was_transferred():
+    model = Tiny()
+    model.pretrained_parameter_names = lambda: set()
+    with pytest.warns(UserWarning, match="no transferred parameters"):
+        L2SP(alpha=0.1, beta=0.2).setup(model)

@@ -18,6 +18,7 @@ per-parameter norms, and the squared norms are accumulated in float32 whatever t
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from weakref import ref
@@ -212,6 +213,10 @@ class L2SP(_ParamPenalty):
         params = dict(named)
         source = self._source_names(module, list(params))
         new = [n for n in params if n not in set(source)]
+        if not source and self.alpha > 0:
+            warnings.warn(f"{type(self).__name__}: no transferred parameters in {type(module).__name__} (nothing was "
+                          "pretrained or loaded with init_from), so only the beta/2 ||w||^2 term acts; load a "
+                          "starting point or pass source_prefixes", stacklevel=2)
         if self.w0_from is not None:
             state = match_state(source, read_state_dict(self.w0_from))
             missing = [n for n in source if n not in state]
