@@ -71,6 +71,7 @@ def test_blocks_freezing_and_no_decay_names(tiny):
     blocks = enc.blocks()
     assert len(blocks) == 3 and blocks[0] is enc.model.embeddings and blocks[2] is enc.model.encoder.layer[1]
     assert enc.out_features == 32 and enc.model.pooler is None
+    assert enc.model.training  # from_pretrained returns eval mode; a trainable backbone must start with dropout on
     # embeddings LayerNorm (2) + per layer 6 biases and 2 LayerNorms x 2 parameters = 10, two layers
     names = enc.no_decay_names()
     assert len(names) == 2 + 2 * 10

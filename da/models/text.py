@@ -133,6 +133,8 @@ class HFEncoder(nn.Module):
         if self.frozen:
             self.model.requires_grad_(False)
             self.model.eval()
+        else:  # from_pretrained returns the model in eval mode; a trainable backbone starts in train mode (dropout on)
+            self.model.train()
 
     def train(self, mode: bool = True) -> "HFEncoder":
         """Like ``nn.Module.train``, but a fully frozen encoder stays in eval mode (dropout off)."""
