@@ -213,10 +213,6 @@ class L2SP(_ParamPenalty):
         params = dict(named)
         source = self._source_names(module, list(params))
         new = [n for n in params if n not in set(source)]
-        if not source and self.alpha > 0:
-            warnings.warn(f"{type(self).__name__}: no transferred parameters in {type(module).__name__} (nothing was "
-                          "pretrained or loaded with init_from), so only the beta/2 ||w||^2 term acts; load a "
-                          "starting point or pass source_prefixes", stacklevel=2)
         if self.w0_from is not None:
             state = match_state(source, read_state_dict(self.w0_from))
             missing = [n for n in source if n not in state]
@@ -232,6 +228,10 @@ class L2SP(_ParamPenalty):
         self.w0 = ParameterStore({n: _anchor_copy(state[n], params[n]) for n in source})
         self._bind(module, {"source": source, "new": new})
         self._after_setup(module, source)
+        if not source and self.alpha > 0:
+            warnings.warn(f"{type(self).__name__}: no transferred parameters in {type(module).__name__} (nothing was "
+                          "pretrained or loaded with init_from), so only the beta/2 ||w||^2 term acts; load a "
+                          "starting point or pass source_prefixes", stacklevel=2)
 
     def _after_setup(self, module: nn.Module, source: List[str]) -> None:
         """Hook for subclasses (per-group coefficients)."""
