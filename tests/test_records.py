@@ -82,3 +82,46 @@ def test_broken_records(tmp_path):
         read_record(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="no such file or directory"):
         load_records(tmp_path / "nope")
+
+
+# ------------------------------------------------------------------ pictures drawn from a run's records
+
+
+def test_metrics_csv_is_read_sparse_and_sorted(tmp_path):
+    from da.experiments.plots import find_metrics_csv, read_metrics_csv
+
+    run = tmp_path / "run"
+    (run / "version_0").mkdir(parents=True)
+    (run / "version_0/metrics.csv").write_text(
+        "epoch,step,train/loss,val/source_acc\n0,20,1.5,\n0,10,2.0,\n0,19,,0.8\n1,,0.3,\n")
+    path = find_metrics_csv(run)
+    assert path == run / "version_0/metrics.csv"
+    assert read_metrics_csv(path) == {"train/loss": [(10, 2.0), (20, 1.5)], "val/source_acc": [(19, 0.8)]}
+
+
+def test_plot_curves_and_tsne_write_pngs(tmp_path):
+    import numpy as np
+
+    from da.experiments.plots import _ema, _subsample, plot_curves, plot_tsne
+
+    assert _ema([1.0, 3.0, 3.0], 0.5) == [1.0, 2.0, 2.5]
+    s, t = _subsample(3000, 500, 2000, np.random.default_rng(0))
+    assert (len(s), len(t)) == (1500, 500) and np.all(np.diff(s) > 0)
+    s, t = _subsample(10, 20, 2000, np.random.default_rng(0))
+    assert (len(s), len(t)) == (10, 20)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,step,train/loss,train/cls,val/source_acc,val/target_acc\n"
+                                     + "".join(f"0,{i},{2 - i / 10},{1.5 - i / 10},," + "\n" for i in range(10))
+                                     + "0,9,,,0.9,0.7\n")
+    out = plot_curves([run], tmp_path / "curves.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rng = np.random.default_rng(0)
+    fs, ft = rng.normal(size=(40, 5)), rng.normal(size=(30, 5)) + 3
+    out = plot_tsne(fs, ft, rng.integers(0, 3, 40), rng.integers(0, 3, 30), tmp_path / "tsne.png", "t", max_points=50)
+    assert out.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="same d"):
+        plot_tsne(fs, ft[:, :4], path=tmp_path / "x.png")
+    with pytest.raises(FileNotFoundError, match="no metrics.csv"):
+        plot_curves([tmp_path / "empty"], tmp_path / "y.png")

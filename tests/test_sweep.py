@@ -73,7 +73,7 @@ def project(tmp_path, monkeypatch):
     write(tmp_path / "configs/data/u_m.yaml", {"data": {"sources": ["u"], "target": "m"}})
     write(tmp_path / "configs/method/erm.yaml", {"model": {"losses": []}})
     write(tmp_path / "configs/method/dann.yaml", {"model": {"method_name": "dann", "losses": [
-        {"class_path": "da.losses.DomainAdversarialLoss", "init_args": {"weight": 1.0, "schedule": "dann"}}]}})
+        {"class_path": "fake_losses.DomainAdversarialLoss", "init_args": {"weight": 1.0, "schedule": "dann"}}]}})
     write(tmp_path / "fake_fit.py", FAKE_FIT)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "calls.jsonl"))
@@ -119,6 +119,14 @@ def test_hash_stable_under_key_order_and_int_float_and_run_dir():
     c = {"model": {"lr": 0.001, "losses": [{"w": 0.3}]}, "seed_everything": 0}
     d = {"model": {"lr": 0.001, "losses": [{"w": 1}]}, "seed_everything": 1}
     assert len({S.config_hash(a), S.config_hash(c), S.config_hash(d)}) == 3
+
+
+def test_hash_ignores_where_and_how_a_run_logs():
+    a = {"model": {"lr": 0.1}, "trainer": {"max_steps": 5}}
+    b = {"model": {"lr": 0.1}, "trainer": {"max_steps": 5, "logger": {"class_path": "WandbLogger"}},
+         "run_dir": "x", "ckpt_path": "last"}
+    assert S.config_hash(a) == S.config_hash(b)
+    assert S.config_hash(a) != S.config_hash({"model": {"lr": 0.1}, "trainer": {"max_steps": 6}})
 
 
 def test_yaml_reads_exponent_floats(tmp_path):
@@ -193,6 +201,32 @@ def test_expansion_random_search_is_seeded_and_in_range(project):
     assert [r.config["model"]["lr"] for r in other] != lrs
     pinned = S.expand(spec, only={"model.lr": 0.01, "data.batch_size": 16, "seed": 0})
     assert len(pinned) == 1 and pinned[0].config["model"]["lr"] == 0.01
+
+
+def test_list_of_grids_is_a_union_of_products(project):
+    spec = sweep_spec(grid=[{"method": ["configs/method/erm.yaml"]},
+                            {"method": ["configs/method/dann.yaml"],
+                             "model.losses[0].init_args.weight": [0.1, 1.0]}], seeds=[0, 1])
+    runs = S.expand(spec)
+    assert [(r.seed, r.params.get("model.losses[0].init_args.weight")) for r in runs] == [
+        (0, None), (0, 0.1), (0, 1.0), (1, None), (1, 0.1), (1, 1.0)]
+    assert runs[0].config["model"]["losses"] == []
+    assert len(S.expand(spec, only={"model.losses[0].init_args.weight": 1.0})) == 2
+    with pytest.raises(ValueError, match="has 2 sub-grids; a W&B sweep has one parameter grid"):
+        S.wandb_sweep_config(spec)
+
+
+def test_describe_run_names_task_and_method(project, monkeypatch):
+    (project / "my_losses.py").write_text("class Named:\n    name = 'fancy'\nclass Plain:\n    pass\n")
+    monkeypatch.syspath_prepend(str(project))
+    assert S.loss_short_name("my_losses.Named") == "fancy"
+    assert S.loss_short_name("my_losses.Plain") == "plain"
+    assert S.loss_short_name("not_a_module.Thing") == "thing"
+    cfg = {"data": {"sources": ["a", "b"], "target": "c"},
+           "model": {"losses": [{"class_path": "my_losses.Named"}, {"class_path": "x.Y", "init_args": {"name": "z"}}]}}
+    assert S.describe_run(cfg) == ("a+b->c", "fancy+z")
+    assert S.describe_run({"data": {"sources": "a", "target": "c", "supervision": "target"}}) == ("a->c", "oracle")
+    assert S.describe_run({"model": {"method_name": "mine"}}) == ("?", "mine")
 
 
 def test_duplicate_configs_are_kept_once(project):

@@ -16,7 +16,9 @@ config files in grid order, deep-merged; then ``overrides``, the grid's dotted k
 then ``seed_everything = seed``) and lives in ``<out>/<name>/<config_hash>/``. Re-running a sweep skips
 finished runs, resumes interrupted ones from ``checkpoints/last.ckpt`` and retries failed ones only when
 asked (``retry_failed``). A value that is a ``.yaml`` path is a whole config file merged at the root; the
-grid key is then only its label in the run's ``params``.
+grid key is then only its label in the run's ``params``. ``grid`` may also be a list of such mappings (as
+scikit-learn's ``ParameterGrid``): the union of their cartesian products, e.g. a baseline once plus a
+method over its weights.
 
 Runs are ordered seeds first (every setting with seed 0, then seed 1, ...), so a sweep stopped halfway
 already holds a complete first seed.
@@ -25,8 +27,9 @@ already holds a complete first seed.
 from __future__ import annotations
 
 import copy
-import datetime as _dt
+import functools
 import hashlib
+import importlib
 import itertools
 import json
 import math
@@ -167,9 +170,24 @@ def canonical(value: Any) -> Any:
     return value
 
 
+def unhashed_keys() -> tuple[str, ...]:
+    """Dotted keys left out of the hash: where a run writes and how it logs, not what it computes
+    (the same list ``da fit`` uses for its record's ``config_hash``, ``da.run_record.VOLATILE_KEYS``)."""
+    try:
+        from da.run_record import VOLATILE_KEYS
+    except ImportError:
+        return UNHASHED_KEYS
+    return tuple(dict.fromkeys((*UNHASHED_KEYS, *VOLATILE_KEYS)))
+
+
 def config_hash(cfg: Mapping) -> str:
-    """``sha1(json.dumps(canonical(cfg minus run_dir), sort_keys=True))``, first 12 hex digits."""
-    body = {k: v for k, v in cfg.items() if k not in UNHASHED_KEYS}
+    """``sha1(json.dumps(canonical(cfg minus unhashed keys), sort_keys=True))``, first 12 hex digits."""
+    body = copy.deepcopy(dict(cfg))
+    for key in unhashed_keys():
+        *parents, last = key.split(".")
+        node = get_dotted(body, ".".join(parents)) if parents else body
+        if isinstance(node, dict):
+            node.pop(last, None)
     text = json.dumps(canonical(body), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:HASH_LENGTH]
 
@@ -192,7 +210,7 @@ class SweepSpec:
 
     name: str
     base: list[str] = field(default_factory=list)
-    grid: dict[str, list] = field(default_factory=dict)
+    grid: list[dict[str, list]] = field(default_factory=lambda: [{}])
     seeds: list[int] = field(default_factory=lambda: [0])
     random: Optional[dict] = None
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -234,19 +252,24 @@ def parse_sweep(data: Any, source: Optional[Path] = None) -> SweepSpec:
     if not isinstance(base, list) or not all(is_config_file(b) for b in base):
         raise ValueError(f"sweep 'base'{where} must be a list of .yaml config files, got {base!r}")
     grid = data.get("grid") or {}
-    if not isinstance(grid, Mapping):
-        raise ValueError(f"sweep 'grid'{where} must map keys to lists of values, got {grid!r}")
-    grid = dict(grid)
-    for key, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise ValueError(f"sweep grid key '{key}'{where} needs a non-empty list of values, got {values!r}")
-        if not any(is_config_file(v) for v in values):
-            parse_dotted(key)
-        elif not all(is_config_file(v) or v is None for v in values):
-            raise ValueError(
-                f"sweep grid key '{key}'{where} mixes config files and plain values {values!r}; "
-                f"use one key for files and another for overrides"
-            )
+    grids = grid if isinstance(grid, list) else [grid]
+    if not grids or not all(isinstance(g, Mapping) for g in grids):
+        raise ValueError(
+            f"sweep 'grid'{where} must map keys to lists of values (or be a list of such mappings, "
+            f"one cartesian product each), got {grid!r}"
+        )
+    grids = [dict(g) for g in grids]
+    for g in grids:
+        for key, values in g.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"sweep grid key '{key}'{where} needs a non-empty list of values, got {values!r}")
+            if not any(is_config_file(v) for v in values):
+                parse_dotted(key)
+            elif not all(is_config_file(v) or v is None for v in values):
+                raise ValueError(
+                    f"sweep grid key '{key}'{where} mixes config files and plain values {values!r}; "
+                    f"use one key for files and another for overrides"
+                )
     seeds = data.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
@@ -261,7 +284,7 @@ def parse_sweep(data: Any, source: Optional[Path] = None) -> SweepSpec:
     if random is not None:
         _check_random(random, where)
     return SweepSpec(
-        name=str(name), base=list(base), grid=grid, seeds=list(seeds), random=random,
+        name=str(name), base=list(base), grid=grids, seeds=list(seeds), random=random,
         overrides=overrides, description=str(data.get("description") or ""), source=source,
     )
 
@@ -374,7 +397,7 @@ def expand(
     extra_overrides: Optional[Mapping[str, Any]] = None,
     only: Optional[Mapping[str, Any]] = None,
 ) -> list[RunSpec]:
-    """All runs of a sweep, seeds outermost, then the grid (cartesian, in file order), then random points.
+    """All runs of a sweep, seeds outermost, then each sub-grid (cartesian, in file order), then random points.
 
     ``extra_overrides`` (from ``--set``) apply to every run after the sweep's own overrides. ``only``
     keeps the runs whose ``params`` match (``{"seed": 0}``, ``{"data": "configs/data/x.yaml"}``); a key of
@@ -383,7 +406,7 @@ def expand(
     """
     only = dict(only or {})
     space = dict((spec.random or {}).get("space") or {})
-    known = set(spec.grid) | set(space) | {"seed"}
+    known = {k for g in spec.grid for k in g} | set(space) | {"seed"}
     for key in only:
         if key not in known:
             raise unknown_name(f"sweep parameter in --only for sweep '{spec.name}'", key, known)
@@ -395,37 +418,54 @@ def expand(
     else:
         random_points = sample_random(spec.random)
     base_files = [resolve_config_path(b, spec.source) for b in spec.base]
-    keys = list(spec.grid)
     runs: list[RunSpec] = []
     seen: set[str] = set()
     for seed in spec.seeds:
         if "seed" in only and not _matches(seed, only["seed"]):
             continue
-        for combo in itertools.product(*(spec.grid[k] for k in keys)):
-            params = dict(zip(keys, combo))
-            if any(k in params and not _matches(params[k], v) for k, v in only.items()):
+        for grid in spec.grid:
+            keys = list(grid)
+            if any(k not in grid and k not in space and k != "seed" for k in only):
                 continue
-            files = list(base_files)
-            grid_overrides = {}
-            for k, v in params.items():
-                if is_config_file(v):
-                    files.append(resolve_config_path(v, spec.source))
-                elif v is not None or not any(is_config_file(x) for x in spec.grid[k]):
-                    grid_overrides[k] = v
-            for point in random_points:
-                overrides = {**spec.overrides, **dict(extra_overrides or {}), **grid_overrides, **point}
-                config = resolve_run(files, overrides, seed)
-                h = config_hash(config)
-                if h in seen:
+            for combo in itertools.product(*(grid[k] for k in keys)):
+                params = dict(zip(keys, combo))
+                if any(k in params and not _matches(params[k], v) for k, v in only.items()):
                     continue
-                seen.add(h)
-                runs.append(
-                    RunSpec(
-                        files=tuple(str(f) for f in files), overrides=overrides, seed=seed,
-                        params={**params, **point, "seed": seed}, config=config, hash=h,
+                files = list(base_files)
+                grid_overrides = {}
+                for k, v in params.items():
+                    if is_config_file(v):
+                        files.append(resolve_config_path(v, spec.source))
+                    elif v is not None or not any(is_config_file(x) for x in grid[k]):
+                        grid_overrides[k] = v
+                for point in random_points:
+                    overrides = {**spec.overrides, **dict(extra_overrides or {}), **grid_overrides, **point}
+                    config = resolve_run(files, overrides, seed)
+                    h = config_hash(config)
+                    if h in seen:
+                        continue
+                    seen.add(h)
+                    runs.append(
+                        RunSpec(
+                            files=tuple(str(f) for f in files), overrides=overrides, seed=seed,
+                            params={**params, **point, "seed": seed}, config=config, hash=h,
+                        )
                     )
-                )
     return runs
+
+
+@functools.lru_cache(maxsize=None)
+def loss_short_name(class_path: str) -> str:
+    """A loss class's ``name`` attribute (``da.losses.DomainAdversarialLoss`` -> ``dann``), importing it;
+    the lower-cased class name when it cannot be imported."""
+    module, _, cls = str(class_path).rpartition(".")
+    try:
+        name = getattr(importlib.import_module(module), cls).name
+        if isinstance(name, str) and name:
+            return name
+    except Exception:  # any import problem: fall back to the class name
+        pass
+    return cls.lower()
 
 
 def describe_run(config: Mapping) -> tuple[str, str]:
@@ -450,7 +490,7 @@ def describe_run(config: Mapping) -> tuple[str, str]:
         for term in losses if isinstance(losses, list) else []:
             if isinstance(term, Mapping):
                 args = term.get("init_args") or {}
-                names.append(str(args.get("name") or str(term.get("class_path", "?")).rsplit(".", 1)[-1].lower()))
+                names.append(str(args.get("name") or loss_short_name(str(term.get("class_path", "?")))))
             else:
                 names.append(str(term))
         method = "+".join(names) if names else "erm"
@@ -676,8 +716,13 @@ def wandb_sweep_config(spec: SweepSpec, sweep_file: Optional[str | Path] = None,
     sweep (same run directory, record and resume logic), so W&B and ``da table`` see the same runs.
     The metric W&B optimises is the source validation accuracy (no target label).
     """
+    if len(spec.grid) > 1:
+        raise ValueError(
+            f"sweep '{spec.name}' has {len(spec.grid)} sub-grids; a W&B sweep has one parameter grid, so split "
+            f"it into one sweep file per sub-grid to export it"
+        )
     params: dict[str, dict] = {}
-    for key, values in spec.grid.items():
+    for key, values in spec.grid[0].items():
         params[key] = {"values": list(values)}
     params["seed"] = {"values": list(spec.seeds)}
     for key, dist in ((spec.random or {}).get("space") or {}).items():
