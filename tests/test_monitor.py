@@ -259,3 +259,30 @@ def test_bad_arguments_name_the_fix():
     batch = make_batch(torch.Generator().manual_seed(0), n_lab_target=0)
     with pytest.raises(ValueError, match="no labelled target"):
         NegativeTransferMonitor(target_objective="labelled").compute_signals(Tiny(), batch)
+
+
+def test_logged_metrics_csv_round_trips_into_the_plot(tmp_path):
+    from pytorch_lightning.loggers import CSVLogger
+
+    from da.diagnostics.plots import history_from_metrics_csv, plot_monitor
+
+    pl.seed_everything(0, verbose=False)
+    mon = NegativeTransferMonitor(every_n_steps=5, patience=3, probe=False)
+    trainer = pl.Trainer(max_steps=30, callbacks=[mon], logger=CSVLogger(tmp_path, name="", version=""),
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", log_every_n_steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Tiny(), DataLoader(Batches(30), batch_size=None))
+    hist = history_from_metrics_csv(tmp_path / "metrics.csv")
+    assert len(hist) == len(mon.history) == 6
+    for row, ref in zip(hist, mon.history):
+        assert row["cos_src1"] == pytest.approx(ref["cos_src1"], abs=1e-6)
+        assert row["ema_cos_src0"] == pytest.approx(ref["ema_cos_src0"], abs=1e-6)
+    assert [r["alarm_src1"] for r in hist] == [0, 0, 1, 1, 1, 1] and all(r["alarm_src0"] == 0 for r in hist)
+    for src, name in ((tmp_path / "metrics.csv", "csv.png"), (mon, "mon.png"), (mon.history, "hist.png")):
+        png = plot_monitor(src, tmp_path / name, source_names={0: "clean", 1: "permuted"})
+        assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 20_000
+    with pytest.raises(ValueError, match="no monitor/ columns"):
+        (tmp_path / "empty.csv").write_text("step,train/loss\n1,0.5\n")
+        history_from_metrics_csv(tmp_path / "empty.csv")

@@ -319,7 +319,9 @@ class NegativeTransferMonitor(pl.Callback):
             signals = dict(zip(keys, vec.tolist()))
         for d in self.update(signals, step):
             self._act(trainer, pl_module, d, step)
-        logs = {f"monitor/{k}": v for k, v in self.history[-1].items() if k != "step"}
+        # the check's own global step goes in too: Lightning logs step metrics under a step counter that can
+        # differ by one, and re-logs a callback's last values on later steps until they are logged again
+        logs = {f"monitor/{k}": float(v) for k, v in self.history[-1].items()}
         for d in range(int(getattr(pl_module, "num_sources", 1))):
             logs[f"monitor/alarm_src{d}"] = float(any(a["source"] == d for a in self.alarms))
         pl_module.log_dict(logs, on_step=True, on_epoch=False, batch_size=1)
