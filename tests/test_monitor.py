@@ -240,10 +240,14 @@ def test_summary_written_into_result_json_and_state_round_trip(tmp_path):
     mon = NegativeTransferMonitor(every_n_steps=5, patience=3, probe_min_samples=32)
     fit(mon, steps=30, root=str(tmp_path))
     rec = json.loads((tmp_path / "result.json").read_text())
-    diag = rec["diagnostics"]["negative_transfer_monitor"]
+    diag = rec["diagnostics"]["NegativeTransferMonitor"]
     assert rec["diagnostics"]["x"] == 1 and rec["status"] == "running"
     assert diag["first_alarm_step"] == {"src1": 15} and 0 <= diag["a_distance"] <= 2
     assert diag == json.loads(json.dumps(mon.summary))
+    from da.diagnostics.plots import plot_monitor
+
+    png = plot_monitor(tmp_path, tmp_path / "from_record.png")  # reads the history kept in result.json
+    assert png.stat().st_size > 20_000
     clone = NegativeTransferMonitor()
     clone.load_state_dict(json.loads(json.dumps(mon.state_dict())))
     assert clone.ema == mon.ema and clone.alarms == mon.alarms and clone.n_checks == 6
@@ -286,3 +290,14 @@ def test_logged_metrics_csv_round_trips_into_the_plot(tmp_path):
     with pytest.raises(ValueError, match="no monitor/ columns"):
         (tmp_path / "empty.csv").write_text("step,train/loss\n1,0.5\n")
         history_from_metrics_csv(tmp_path / "empty.csv")
+
+
+def test_warmup_delays_judgement():
+    mon = NegativeTransferMonitor(every_n_steps=5, patience=3, probe=False, warmup_steps=30)
+    fit(mon, steps=60)
+    assert mon.summary["first_alarm_step"] == {"src1": 40}  # checks at 30, 35, 40 are the first judged
+    auto = NegativeTransferMonitor(every_n_steps=5, patience=3, probe=False, target_objective="entropy")
+    fit(auto, steps=60, n_per=(24, 8), n_lab_target=0)
+    # auto warm-up with an unsupervised objective: 20% of 60 steps = 12, so checks 15, 20, 25 are the first judged
+    assert auto.summary["first_alarm_step"] == {"src1": 25}
+    assert len(auto.summary["history"]) == 12 and auto.summary["history"][0]["step"] == 5

@@ -30,7 +30,10 @@ Signals (logged under ``monitor/`` and kept in ``history``), all computed on the
 - any ``last_logs`` entry of a loss term whose key contains ``dist`` or ``mix`` (per-source penalty distances,
   mixture weights), as ``monitor/<loss name>_<key>``.
 
-A source is judged harmful when its EMA cosine stays below ``threshold`` for ``patience`` consecutive checks.
+A source is judged harmful when its EMA cosine stays below ``threshold`` for ``patience`` consecutive checks
+after ``warmup_steps`` (default "auto": none with a labelled target objective; 20% of the run with an
+unsupervised proxy, whose gradient means little while the target predictions are still near chance -- on the
+built-in task a source-only run's entropy cosines hover around 0 in the first 100 steps).
 Then the monitor warns (rank zero), records the step of the first alarm, and by ``action``: ``"warn"`` only,
 ``"stop"`` sets ``trainer.should_stop``, ``"downweight"`` multiplies ``pl_module.source_weights[d]`` (the per-
 source CE weight buffer of `TransferModule`) by ``downweight_factor``.
@@ -120,13 +123,18 @@ class NegativeTransferMonitor(pl.Callback):
         probe_min_samples: samples per domain before the first probe fit.
         source_names: names of the sources for messages (default ``src0``, ``src1``, ...).
         run_dir: where ``result.json`` lives (default ``trainer.default_root_dir``).
+        warmup_steps: checks before this step are logged and feed the EMA but raise no alarm; ``None``: 0 with a
+            labelled target objective, else 20% of ``trainer.estimated_stepping_batches``.
+
+    Logged every check under ``monitor/``; pick ``every_n_steps`` as a multiple of ``trainer.log_every_n_steps``
+    so that each check reaches the logger on time (the full per-check history is in ``summary["history"]``).
     """
 
     def __init__(self, every_n_steps: int = 50, threshold: float = 0.0, patience: int = 3,
                  ema_decay: float = 0.8, action: str = "warn", downweight_factor: float = 0.0,
                  target_objective: str = "auto", probe: bool = True, probe_buffer: int = 1024,
                  probe_min_samples: int = 64, source_names: Optional[List[str]] = None,
-                 run_dir: Optional[str] = None):
+                 run_dir: Optional[str] = None, warmup_steps: Optional[int] = None):
         super().__init__()
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
@@ -152,6 +160,7 @@ class NegativeTransferMonitor(pl.Callback):
         self.probe_min_samples = int(probe_min_samples)
         self.source_names = list(source_names) if source_names else None
         self.run_dir = run_dir
+        self.warmup_steps = warmup_steps
         self.ema: Dict[int, float] = {}
         self.below: Dict[int, int] = {}
         self.alarms: List[Dict[str, Any]] = []
@@ -260,9 +269,9 @@ class NegativeTransferMonitor(pl.Callback):
         return out
 
     # ------------------------------------------------------------------ decisions
-    def update(self, signals: Dict[str, float], step: int) -> List[int]:
-        """Fold one check's cosines into the EMAs and patience counters; returns the sources newly judged
-        harmful at this step (and records their alarms)."""
+    def update(self, signals: Dict[str, float], step: int, judge: bool = True) -> List[int]:
+        """Fold one check's cosines into the EMAs and patience counters (only when ``judge``: after warm-up);
+        returns the sources newly judged harmful at this step (and records their alarms)."""
         self.n_checks += 1
         new = []
         alarmed = {a["source"] for a in self.alarms}
@@ -272,7 +281,7 @@ class NegativeTransferMonitor(pl.Callback):
             d = int(key[len("cos_src"):])
             prev = self.ema.get(d)
             self.ema[d] = cos if prev is None else self.ema_decay * prev + (1 - self.ema_decay) * cos
-            self.below[d] = self.below.get(d, 0) + 1 if self.ema[d] < self.threshold else 0
+            self.below[d] = self.below.get(d, 0) + 1 if (judge and self.ema[d] < self.threshold) else 0
             signals[f"ema_cos_src{d}"] = self.ema[d]
             if self.below[d] >= self.patience and d not in alarmed:
                 self.alarms.append({"source": d, "name": self._name(d), "step": int(step),
@@ -305,6 +314,20 @@ class NegativeTransferMonitor(pl.Callback):
         rank_zero_warn(msg)
 
     # ------------------------------------------------------------------ Lightning hooks
+    def _warmup(self, trainer: "pl.Trainer") -> int:
+        if self.warmup_steps is not None:
+            return int(self.warmup_steps)
+        if self.objective_used == "labelled":
+            return 0
+        total = getattr(trainer, "estimated_stepping_batches", float("inf"))
+        return int(0.2 * total) if np.isfinite(total) else 0
+
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        every = getattr(trainer, "log_every_n_steps", 1) or 1
+        if trainer.loggers and self.every_n_steps % every:
+            self._note(f"every_n_steps={self.every_n_steps} is not a multiple of trainer.log_every_n_steps={every}: "
+                       "some checks will not reach the logger on time (result.json keeps them all)")
+
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         step = int(trainer.global_step)
@@ -317,7 +340,7 @@ class NegativeTransferMonitor(pl.Callback):
             vec = torch.tensor([signals[k] for k in keys], device=pl_module.device, dtype=torch.float32)
             vec = trainer.strategy.reduce(vec, reduce_op="mean")
             signals = dict(zip(keys, vec.tolist()))
-        for d in self.update(signals, step):
+        for d in self.update(signals, step, judge=step >= self._warmup(trainer)):
             self._act(trainer, pl_module, d, step)
         # the check's own global step goes in too: Lightning logs step metrics under a step counter that can
         # differ by one, and re-logs a callback's last values on later steps until they are logged again
@@ -343,13 +366,14 @@ class NegativeTransferMonitor(pl.Callback):
             "target_entropy": last.get("target_entropy"), "target_collapse": last.get("target_collapse"),
             "a_distance": last.get("a_distance"), "disc_acc": last.get("disc_acc"),
             "notes": list(self._notes),
+            "history": list(self.history),
         }
 
     def merge_into_record(self, record: Dict[str, Any]) -> Dict[str, Any]:
-        """Put the summary under ``record["diagnostics"]["negative_transfer_monitor"]`` (returns the record)."""
-        record.setdefault("diagnostics", {})
-        record["diagnostics"] = dict(record["diagnostics"] or {})
-        record["diagnostics"]["negative_transfer_monitor"] = self.summary or self.build_summary()
+        """Put the summary under ``record["diagnostics"]["NegativeTransferMonitor"]`` (the key the CLI's record
+        writer uses for every callback with a ``summary``); returns the record."""
+        record["diagnostics"] = dict(record.get("diagnostics") or {})
+        record["diagnostics"][type(self).__name__] = self.summary or self.build_summary()
         return record
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:

@@ -104,13 +104,40 @@ def _alarms_from(history: List[Dict[str, float]]) -> Dict[int, int]:
     return first
 
 
+def _resolve_monitor_source(source: Any) -> Any:
+    """A run directory or result.json -> the monitor summary it holds (else its metrics.csv path)."""
+    if not isinstance(source, (str, Path)):
+        if isinstance(source, Mapping) and "diagnostics" in source:
+            return source["diagnostics"]["NegativeTransferMonitor"]
+        return source
+    p = Path(source)
+    record_path = p / "result.json" if p.is_dir() else (p if p.suffix == ".json" else None)
+    if record_path is not None and record_path.is_file():
+        import json
+
+        summary = (json.loads(record_path.read_text()).get("diagnostics") or {}).get("NegativeTransferMonitor")
+        if summary and summary.get("history"):
+            return summary
+    if p.is_dir():
+        if (p / "metrics.csv").is_file():
+            return p / "metrics.csv"
+        raise ValueError(f"{p} has neither monitor history in result.json nor a metrics.csv; train with "
+                         f"NegativeTransferMonitor in trainer.callbacks")
+    return p
+
+
 def plot_monitor(source: Any, path: Union[str, Path], source_names: Optional[Mapping[int, str]] = None,
                  threshold: Optional[float] = None, title: Optional[str] = None) -> Path:
-    """The monitor's signals over steps; ``source`` is a monitor, its ``history`` (list of dicts) or a
-    ``metrics.csv`` path. ``source_names`` maps a source index to a legend label (e.g. ``{1: "permuted labels"}``).
+    """The monitor's signals over steps; ``source`` is a monitor, its ``history`` (list of dicts) or ``summary``,
+    a run directory / ``result.json`` (its ``diagnostics.NegativeTransferMonitor``) or a ``metrics.csv`` path. ``source_names`` maps a source index to a legend label (e.g. ``{1: "permuted labels"}``).
     """
     alarms: Dict[int, int] = {}
-    if hasattr(source, "history"):
+    source = _resolve_monitor_source(source)
+    if isinstance(source, Mapping):  # the monitor's summary (from result.json diagnostics)
+        history = list(source.get("history") or [])
+        alarms = {a["source"]: a["step"] for a in source.get("alarms", [])}
+        threshold = source.get("threshold", 0.0) if threshold is None else threshold
+    elif hasattr(source, "history"):
         history = list(source.history)
         alarms = {a["source"]: a["step"] for a in source.alarms}
         threshold = source.threshold if threshold is None else threshold
