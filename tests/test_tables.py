@@ -146,3 +146,19 @@ def test_table_command_writes_the_same_table(stored, tmp_path, capsys):
     assert out.read_text() == make_table(load_records(stored), fmt="latex")
     assert table_main([str(stored), "--rows", "method", "--no-average"]) == 0
     assert capsys.readouterr().out == make_table(load_records(stored), rows="method", cols="task", average=False)
+
+
+def test_split_by_a_sweep_parameter(stored):
+    records = load_records(stored)
+    for r in records:
+        if r["method"] == "dann":
+            w = 0.1 if r["seed"] == 0 else 1.0
+            r["sweep"] = {"name": "s", "params": {"model.losses[0].init_args.weight": w, "seed": r["seed"]}}
+    table = make_table(records, split_by=["model.losses[0].init_args.weight"], average=False)
+    # dann seed 0 -> "dann weight=0.1" (80 and 55); seeds 1, 2 -> "dann weight=1.0" (84, 85 and 60, 59)
+    assert table.splitlines()[:4] == [
+        "| Task | erm | dann weight=0.1 | dann weight=1.0 |",
+        "|:--|--:|--:|--:|",
+        "| mnist->usps | 73.0 ± 3.6 | 80.0 (n=1) | **84.5 ± 0.7 (n=2)** |",
+        "| usps->mnist | **61.0 ± 1.0** | 55.0 (n=1) | 59.5 ± 0.7 (n=2) |",
+    ]

@@ -113,6 +113,9 @@ def table_parser() -> argparse.ArgumentParser:
     p.add_argument("--digits", type=int, default=1)
     p.add_argument("--lower-is-better", action="store_true", help="bold the lowest mean (errors, losses)")
     p.add_argument("--no-average", action="store_true", help="leave out the Avg row/column")
+    p.add_argument("--by", nargs="+", action="extend", default=[], metavar="PARAM",
+                   help="sweep parameters shown as separate methods instead of selected, e.g. "
+                   "--by model.losses[0].init_args.weight")
     p.add_argument("--skip-invalid", action="store_true", help="warn about and skip invalid records")
     p.add_argument("-o", "--output", default=None, help="write the table to this file instead of stdout")
     return p
@@ -129,7 +132,7 @@ def table_main(argv: Optional[Sequence[str]] = None) -> int:
     text = make_table(
         records, metric=args.metric, selection=args.selection, rows=args.rows, cols=cols, fmt=args.format,
         scale=args.scale, digits=args.digits, select_over=args.select_over,
-        higher_is_better=not args.lower_is_better, average=not args.no_average,
+        higher_is_better=not args.lower_is_better, average=not args.no_average, split_by=args.by,
     )
     if args.output:
         Path(args.output).write_text(text)

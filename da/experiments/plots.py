@@ -129,7 +129,9 @@ def plot_curves(
                       lw=1.4, label=f"{key} ({label})" if len(runs) > 1 else key)
     ax_t.set_title("training loss" + (f" (EMA {smooth:g})" if smooth else ""))
     ax_v.set_title("validation accuracy")
-    for ax in (ax_t, ax_v):
+    for ax, what in ((ax_t, "train/* loss (fewer steps than log_every_n_steps?)"), (ax_v, "val/*_acc")):
+        if not ax.lines:
+            ax.text(0.5, 0.5, f"no {what} logged", ha="center", va="center", transform=ax.transAxes, color="0.4")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if ax.lines:

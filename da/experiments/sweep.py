@@ -494,8 +494,8 @@ def describe_run(config: Mapping) -> tuple[str, str]:
             else:
                 names.append(str(term))
         method = "+".join(names) if names else "erm"
-        if isinstance(data, Mapping) and data.get("supervision") == "target":
-            method = "oracle"
+        if data.get("supervision") == "target" and data.get("target_labeled_per_class") is None:
+            method = "oracle"  # trained on all target labels
     return task, str(method)
 
 

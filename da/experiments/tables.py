@@ -79,6 +79,17 @@ def compute_cells(selection: SelectionResult, scale: float) -> dict[tuple[str, s
     return cells
 
 
+def split_methods(records: Sequence[dict], keys: Sequence[str]) -> list[dict]:
+    """Copies of ``records`` whose method label carries the sweep parameters ``keys``:
+    ``dann`` -> ``dann weight=0.3`` (the last part of a dotted key; records without the key keep their label)."""
+    out = []
+    for r in records:
+        params = (r.get("sweep") or {}).get("params") or {}
+        extra = [f"{k.rsplit('.', 1)[-1]}={params[k]}" for k in keys if k in params]
+        out.append({**r, "method": " ".join([r["method"], *extra])} if extra else r)
+    return out
+
+
 def _mark_best(entries: dict[str, Cell], digits: int, higher_is_better: bool) -> None:
     ranked = {m: round(c.mean, digits) for m, c in entries.items() if m not in UNRANKED_METHODS}
     if len(ranked) < 2:
@@ -144,8 +155,14 @@ def make_table(
     select_over: str = "runs",
     higher_is_better: bool = True,
     average: bool = True,
+    split_by: Sequence[str] = (),
 ) -> str:
-    """The table of ``metric`` (mean ± sample std over seeds) by task and method; see the module doc."""
+    """The table of ``metric`` (mean ± sample std over seeds) by task and method; see the module doc.
+
+    ``split_by`` names sweep parameters (e.g. ``model.losses[0].init_args.weight``) that become part of
+    the method label (``dann weight=0.3``) instead of being chosen by model selection: a table of an
+    ablation over that parameter.
+    """
     if fmt not in FORMATS:
         raise unknown_name("table format", fmt, FORMATS)
     if rows not in AXES:
@@ -153,6 +170,8 @@ def make_table(
     if cols not in AXES or cols == rows:
         raise ValueError(f"table cols must be the other axis of {AXES} than rows='{rows}', got '{cols}'")
     validator = get_validator(selection)
+    if split_by:
+        records = split_methods(records, split_by)
     sel = select_runs(records, validator=selection, metric=metric, over=select_over)
     if not sel.picks:
         raise ValueError(
