@@ -92,8 +92,15 @@ def _build_cli_class():
             cfg = self.config[self.subcommand]
             if cfg.get("run_dir"):
                 return Path(cfg["run_dir"]).resolve()
+            inherited = os.environ.get("DA_DDP_RUN_DIR")
+            if inherited and os.environ.get("LOCAL_RANK", "0") != "0":
+                return Path(inherited)  # a DDP child re-launched by Lightning: the run directory of its rank 0
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            return (Path("runs") / _safe(self.datamodule.task) / _safe(self.model.method_name) / stamp).resolve()
+            path = (Path("runs") / _safe(self.datamodule.task) / _safe(self.model.method_name) / stamp).resolve()
+            # Lightning's DDP launcher re-runs this command in child processes that inherit the environment and would
+            # otherwise make their own, later time stamp (an empty second run directory)
+            os.environ["DA_DDP_RUN_DIR"] = str(path)
+            return path
 
         def _instantiate_trainer(self, config: Dict[str, Any], callbacks: List[Callback]):
             self.run_dir = self._run_dir()

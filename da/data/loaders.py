@@ -3,7 +3,8 @@
 Small domains (digits, feature vectors, cached text embeddings) live as tensors on the training device; drawing a batch
 is one ``index_select``. Under DDP each rank takes a disjoint, equally sized share of every epoch's permutation (the
 same permutation on all ranks, from the seed and the epoch), so the global batch is the same as in one process with
-``batch_size * world_size``.
+``batch_size * world_size``. Unshuffled (evaluation) loaders give each rank a contiguous block instead, so gathered
+predictions come back in dataset order, followed by the wrapped padding when ``n`` is not a multiple of the world size.
 """
 
 from __future__ import annotations
@@ -65,7 +66,10 @@ class TensorBatches:
             per = self._per_rank()
             if not self.drop_last and per * self.world_size > n:  # pad by wrapping, like DistributedSampler
                 order = torch.cat([order, order[: per * self.world_size - n]])
-            order = order[self.rank: per * self.world_size: self.world_size]
+            if self.shuffle:  # interleaved: the ranks' i-th batches together are one process's i-th global batch
+                order = order[self.rank: per * self.world_size: self.world_size]
+            else:  # contiguous: an all-gather of the ranks' outputs is in dataset order (then the padding)
+                order = order[self.rank * per: (self.rank + 1) * per]
         return order
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, ...]]:
