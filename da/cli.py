@@ -225,6 +225,7 @@ def run_cli(args: Optional[List[str]] = None):
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         extra = "\n".join(f"  {name:<10} {desc}" for name, (_, _, desc) in EXTRA_COMMANDS.items())
@@ -236,7 +237,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         module, fn, _ = EXTRA_COMMANDS[argv[0]]
         rc = getattr(importlib.import_module(module), fn)(argv[1:])
         sys.exit(rc or 0)
-    run_cli(argv)
+    run_cli(None if from_command_line else argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

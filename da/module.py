@@ -267,6 +267,22 @@ class TransferModule(pl.LightningModule):
             self._test_preds.clear()
             self._test_targets.clear()
 
+    # ------------------------------------------------------------------ exact resume
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        """Keep the validation history and the random-number state (dropout) so a resumed run continues exactly."""
+        checkpoint["da_history"] = list(self.history)
+        checkpoint["da_rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["da_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        self.history = list(checkpoint.get("da_history", []))
+        rng = checkpoint.get("da_rng")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         hp = self.hparams

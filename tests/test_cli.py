@@ -53,8 +53,20 @@ def test_resume_from_last_checkpoint(tmp_path):
     run_cli(fit_args(run, ["--ckpt_path", "last"]))
     rec = _record(run)
     assert rec["status"] == "finished"
-    # the resumed run validated only at step 40: steps 1..20 were restored from the checkpoint
-    assert [h["step"] for h in rec["history"]] == [40]
+    # the validation at step 20 comes from the checkpoint (history is saved in it), step 40 from the resumed run
+    assert [h["step"] for h in rec["history"]] == [20, 40]
+
+
+def test_resumed_run_is_identical_to_an_uninterrupted_one(tmp_path):
+    extra = ["--model.backbone_args", "{hidden: [16], dropout: 0.3}"]  # dropout: the RNG state must be restored too
+    run_cli(fit_args(tmp_path / "full", extra))
+    run_cli(fit_args(tmp_path / "cut", extra + ["--trainer.max_steps", "20"]))  # "killed" after step 20 (mid-epoch)
+    run_cli(fit_args(tmp_path / "cut", extra + ["--ckpt_path", "last"]))
+    full = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    cut = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for k in full:
+        assert torch.equal(full[k], cut[k]), k
+    assert _record(tmp_path / "full")["metrics"]["test/target_acc"] == _record(tmp_path / "cut")["metrics"]["test/target_acc"]
 
 
 def test_failed_run_is_recorded_as_failed(tmp_path):

@@ -154,7 +154,8 @@ class DomainDataModule(pl.LightningDataModule):
         self.classes = ref_classes
 
         self.source_train, self.source_val, self.source_test = [], [], []
-        info: Dict[str, Any] = {"seed": seed, "sources": {}, "target": {}}
+        info: Dict[str, Any] = {"seed": seed, "num_classes": len(ref_classes), "classes": list(ref_classes),
+                                "sources": {}, "target": {}}
         for d, (spec, parts) in enumerate(zip(self.sources, loaded)):
             parts = {k: _align_classes(v, ref_classes, spec, self.target) for k, v in parts.items()}
             train = parts.get("train", parts.get("all"))
@@ -266,6 +267,12 @@ class DomainDataModule(pl.LightningDataModule):
             raise ValueError("no labelled training data: supervision='target' needs target labels")
         loaders = {"source": self._loader(labelled, self.batch_size, True, 101),
                    "target": self._loader([(self.target_train, self.num_sources)], self.batch_size, True, 202)}
+        step = self.trainer.global_step if self.trainer is not None else 0
+        if step and all(isinstance(l, TensorBatches) for l in loaders.values()):
+            # a resumed run: put every stream where an uninterrupted run would be (exact resume)
+            cycle = max(len(l) for l in loaders.values())
+            for loader in loaders.values():
+                loader.resume(step, cycle)
         return CombinedLoader(loaders, "max_size_cycle")
 
     def val_dataloader(self):

@@ -37,6 +37,7 @@ class TensorBatches:
         self.shuffle, self.drop_last = shuffle, drop_last
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.epoch = 0
+        self._skip = 0
         if drop_last and n < batch_size * world_size:
             raise ValueError(f"a domain with {n} samples cannot fill one batch of {batch_size} x {world_size} "
                              f"process(es); lower --data.batch_size")
@@ -75,13 +76,30 @@ class TensorBatches:
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, ...]]:
         order = self._order().to(self.tensors[0].device)
         self.epoch += 1
+        skip, self._skip = self._skip, 0
         bs = self.batch_size
-        for i in range(len(self)):
+        for i in range(skip, len(self)):
             idx = order[i * bs: (i + 1) * bs]
             yield tuple(t.index_select(0, idx) if isinstance(t, torch.Tensor) else t for t in self.tensors)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def resume(self, global_step: int, cycle_length: int) -> None:
+        """Continue exactly where an uninterrupted run would be after ``global_step`` training batches.
+
+        In a ``max_size_cycle`` ``CombinedLoader`` whose longest member has ``cycle_length`` batches, every epoch
+        re-iterates every member, and a shorter member of length n is re-iterated every n batches; each iteration draws
+        a new permutation. So after g steps (epoch ``e = g // L``, batch ``b = g % L``) this loader has started
+        ``e * ceil(L / n) + b // n`` iterations and is ``b % n`` batches into the current one. Resumed runs therefore
+        see the same batches as uninterrupted ones (the module restores the random-number state for dropout).
+        """
+        n, big = len(self), int(cycle_length)
+        if n == 0 or big == 0:
+            return
+        e, b = divmod(int(global_step), big)
+        self.epoch = e * -(-big // n) + b // n
+        self._skip = b % n
 
     def to(self, device: torch.device) -> "TensorBatches":
         self.tensors = tuple(t.to(device) for t in self.tensors)
