@@ -114,3 +114,19 @@ def test_direct_transfer_with_da_test(tmp_path):
     fit_rec, test_rec = _record(tmp_path / "src"), _record(tmp_path / "t")
     assert test_rec["subcommand"] == "test"
     assert test_rec["metrics"]["test/target_acc"] == pytest.approx(fit_rec["metrics"]["test/target_acc"])
+
+
+def test_wandb_logger_runs_offline_next_to_csv(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wandb").mkdir()
+    run = tmp_path / "r"
+    cli = run_cli(fit_args(run, ["--trainer.logger", "WandbLogger", "--trainer.logger.project", "da-test"]))
+    names = [type(lg).__name__ for lg in cli.trainer.loggers]
+    assert names == ["CSVLogger", "WandbLogger"]  # CSV always, first (it holds config.yaml and metrics.csv)
+    assert (run / "metrics.csv").exists() and _record(run)["status"] == "finished"
+    import wandb
+
+    wandb.finish()
