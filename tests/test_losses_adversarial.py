@@ -198,3 +198,12 @@ def test_cdan_setup_from_model():
     loss = CDAN(hidden=8)
     loss.setup(model)
     assert loss.discriminator[0].in_features == 40 and not loss.randomized
+
+
+def test_linear_discriminator_with_zero_hidden_layers():
+    d = DomainDiscriminator(3, num_domains=2, num_layers=0)
+    assert len(d) == 1 and isinstance(d[0], torch.nn.Linear) and d[0].weight.shape == (1, 3)
+    with torch.no_grad():
+        d[0].weight.copy_(torch.tensor([[1.0, -2.0, 0.5]]))
+        d[0].bias.fill_(0.25)
+    assert d(torch.tensor([[2.0, 1.0, 4.0]])).item() == pytest.approx(2.0 - 2.0 + 2.0 + 0.25)

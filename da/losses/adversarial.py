@@ -68,13 +68,15 @@ class DomainDiscriminator(nn.Sequential):
     """MLP ``[Linear -> (BatchNorm) -> ReLU -> (Dropout)] x num_layers -> Linear`` returning domain logits.
 
     One logit (binary, for BCE) when ``num_domains == 2``, else ``num_domains`` logits (cross-entropy).
+    ``num_layers=0`` is a linear (logistic-regression) domain classifier, the shallow DANN of Ganin et al. (JMLR 2016,
+    Sec. 5.1).
     The DANN paper uses 1024-1024 hidden units with dropout; TLlib uses BN and no dropout.
     """
 
     def __init__(self, in_features: int, hidden: int = 1024, num_domains: int = 2, batch_norm: bool = True,
                  dropout: float = 0.5, num_layers: int = 2):
-        if in_features <= 0 or hidden <= 0 or num_layers < 1:
-            raise ValueError(f"DomainDiscriminator needs in_features, hidden > 0 and num_layers >= 1, got "
+        if in_features <= 0 or hidden <= 0 or num_layers < 0:
+            raise ValueError(f"DomainDiscriminator needs in_features, hidden > 0 and num_layers >= 0, got "
                              f"{in_features}, {hidden}, {num_layers}")
         if num_domains < 2:
             raise ValueError(f"a domain discriminator needs num_domains >= 2, got {num_domains}")
