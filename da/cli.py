@@ -112,6 +112,11 @@ def _build_cli_class():
                 loggers = [loggers]
             loggers = [CSVLogger(str(self.run_dir), name="", version="")] + [
                 lg for lg in loggers if not isinstance(lg, CSVLogger)]
+            for lg in loggers:  # W&B files go into the run directory unless the user chose a place
+                init = getattr(lg, "_wandb_init", None)
+                if isinstance(init, dict) and init.get("dir") in (None, ".", "./"):
+                    init["dir"] = str(self.run_dir)
+                    lg._save_dir = str(self.run_dir)
             config["logger"] = loggers
             config["default_root_dir"] = str(self.run_dir)
             user_cbs = list(config.get("callbacks") or [])

@@ -86,6 +86,9 @@ class TransferModule(pl.LightningModule):
         self._pretrained: Set[str] = set()
         if backbone_args and (backbone_args.get("pretrained") or backbone_args.get("weights_path")) or backbone == "hf":
             self._pretrained |= {f"backbone.{n}" for n, _ in self.backbone.named_parameters()}
+        if backbone == "branches":  # each branch was loaded from a source checkpoint; the mixture logits are new
+            self._pretrained |= {f"backbone.{n}" for n, _ in self.backbone.named_parameters()
+                                 if n.startswith("branches.")}
         if init_from:
             self._load_init(init_from, init_head)
         self._freeze(freeze_backbone, freeze_blocks)
@@ -168,6 +171,9 @@ class TransferModule(pl.LightningModule):
         super().train(mode)
         if mode and self.hparams.freeze_backbone:  # a frozen feature extractor keeps its BatchNorm statistics
             self.backbone.eval()
+        elif mode and self.hparams.freeze_blocks:  # so do frozen blocks
+            for block in self.backbone.blocks()[: self.hparams.freeze_blocks]:
+                block.eval()
         return self
 
     # ------------------------------------------------------------------ training

@@ -127,6 +127,7 @@ def test_wandb_logger_runs_offline_next_to_csv(tmp_path, monkeypatch):
     names = [type(lg).__name__ for lg in cli.trainer.loggers]
     assert names == ["CSVLogger", "WandbLogger"]  # CSV always, first (it holds config.yaml and metrics.csv)
     assert (run / "metrics.csv").exists() and _record(run)["status"] == "finished"
+    assert (run / "wandb").is_dir()  # W&B's files live in the run directory
     import wandb
 
     wandb.finish()

@@ -64,6 +64,17 @@ def test_freeze_backbone_keeps_it_in_eval_mode():
     assert all(not p.requires_grad for p in m.backbone.parameters())
 
 
+def test_frozen_blocks_keep_batchnorm_statistics():
+    m = _module(freeze_blocks=1, backbone_args={"hidden": [16, 12], "batch_norm": True})
+    m.train()
+    blocks = m.backbone.blocks()
+    assert not blocks[0].training and blocks[1].training
+    before = blocks[0][1].running_mean.clone()
+    m(torch.randn(8, 8) * 5)
+    assert torch.equal(blocks[0][1].running_mean, before)
+    assert not torch.equal(blocks[1][1].running_mean, torch.zeros(12))
+
+
 def test_dann_lr_schedule_values():
     m = _module(optimizer="sgd", lr=0.01, scheduler="dann")
 
