@@ -7,10 +7,10 @@ The contract (what a user implements to bring any encoder: image, text, tabular,
 * optionally ``blocks() -> list[nn.Module]``, its layers in input-to-output order, so that
   ``--model.freeze_blocks k`` can freeze the first k of them.
 
-Built-in names for ``--model.backbone``: ``lenet`` (digits), ``mlp`` and ``linear`` (feature vectors), ``hf`` (a Hugging
-Face encoder, extra ``da[text]``), any torchvision classifier (``resnet18``, ``resnet50``, ``vit_b_16``, ...), or a dotted
-path ``my_pkg.my_module.MyEncoder`` (constructed with ``backbone_args``, plus ``input_shape`` if it accepts it).
-"""
+Built-in names for ``--model.backbone``: ``lenet`` (digits), ``mlp`` and ``linear`` (feature vectors), ``hf`` (a
+Hugging Face encoder, extra ``da[text]``), ``branches`` (D source-trained copies of a base backbone, mixed), any
+torchvision classifier (``resnet18``, ``resnet50``, ``vit_b_16``, ...), or a dotted path ``my_pkg.my_module.MyEncoder``
+(constructed with ``backbone_args``, plus ``input_shape`` if it accepts it). """
 
 from __future__ import annotations
 
@@ -166,6 +166,25 @@ def _hf(input_shape: Sequence[int], **kwargs: Any) -> nn.Module:
     return HFEncoder(**kwargs)
 
 
+def _branches(input_shape: Sequence[int], base: str = "", checkpoints: Sequence[str] = (),
+              base_args: Optional[Dict[str, Any]] = None, mixture: Any = "learned") -> nn.Module:
+    """``branches``: D copies of the backbone ``base`` (built with ``base_args``), branch d loaded from the d-th
+    source checkpoint, outputs mixed by ``mixture`` (``learned``, ``uniform`` or D weights); see
+    :class:`~da.models.branches.BranchesBackbone`. The checkpoints replace any pretrained weights, so ``pretrained``
+    and ``weights_path`` are not applied to the branches."""
+    from da.models.branches import BranchesBackbone
+
+    if not base or base == "branches":
+        raise ValueError(f"backbone 'branches' needs backbone_args.base, the name of the source models' backbone "
+                         f"(e.g. {{base: lenet, checkpoints: [a.ckpt, b.ckpt]}}), got base={base!r}")
+    if isinstance(checkpoints, str) or not checkpoints:
+        raise ValueError(f"backbone 'branches' needs backbone_args.checkpoints, a non-empty list of source "
+                         f"checkpoints (one branch each), got {checkpoints!r}")
+    args = {k: v for k, v in (base_args or {}).items() if k not in ("pretrained", "weights_path")}
+    return BranchesBackbone.from_checkpoints(lambda: build_backbone(base, input_shape, **args), list(checkpoints),
+                                             mixture=mixture)
+
+
 def build_backbone(name: str, input_shape: Sequence[int], **kwargs: Any) -> nn.Module:
     """Build a backbone by name for inputs of shape ``input_shape`` (per sample, e.g. ``(1, 16, 16)`` or ``(5000,)``)."""
     input_shape = tuple(input_shape) if input_shape is not None else ()
@@ -177,6 +196,8 @@ def build_backbone(name: str, input_shape: Sequence[int], **kwargs: Any) -> nn.M
         return Flatten(in_features=_numel(input_shape))
     if name == "hf":
         return _hf(input_shape, **kwargs)
+    if name == "branches":
+        return _branches(input_shape, **kwargs)
     if "." in name:
         module_name, cls_name = name.rsplit(".", 1)
         cls = getattr(importlib.import_module(module_name), cls_name)
@@ -191,7 +212,7 @@ def build_backbone(name: str, input_shape: Sequence[int], **kwargs: Any) -> nn.M
     if name in set(torchvision.models.list_models(module=torchvision.models)):
         in_ch = input_shape[0] if len(input_shape) == 3 else 3
         return TorchvisionBackbone(name, in_channels=in_ch, **kwargs)
-    known = ["lenet", "mlp", "linear", "hf", "resnet18", "resnet50", "<any torchvision model>", "<pkg.module.Class>"]
+    known = ["lenet", "mlp", "linear", "hf", "branches", "resnet18", "resnet50", "<any torchvision model>", "<pkg.module.Class>"]
     raise unknown_name("backbone", name, known)
 
 
