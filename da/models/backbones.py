@@ -10,7 +10,8 @@ The contract (what a user implements to bring any encoder: image, text, tabular,
 Built-in names for ``--model.backbone``: ``lenet`` (digits), ``mlp`` and ``linear`` (feature vectors), ``hf`` (a
 Hugging Face encoder, extra ``da[text]``), ``branches`` (D source-trained copies of a base backbone, mixed), any
 torchvision classifier (``resnet18``, ``resnet50``, ``vit_b_16``, ...), or a dotted path ``my_pkg.my_module.MyEncoder``
-(constructed with ``backbone_args``, plus ``input_shape`` if it accepts it). """
+(constructed with ``backbone_args``, plus ``input_shape`` if it accepts it).
+"""
 
 from __future__ import annotations
 
