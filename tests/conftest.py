@@ -4,10 +4,15 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
+# tiny models: one intra-op thread is as fast on an idle machine and far faster on a busy one
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DA_SHARED", REPO.parent / "shared"))
