@@ -25,6 +25,8 @@ EXTRA_COMMANDS = {
     "table": ("da.experiments.commands", "table_main", "turn result.json records into a markdown/LaTeX/CSV table"),
     "plot": ("da.experiments.commands", "plot_main", "learning curves and t-SNE pictures"),
     "detect": ("da.diagnostics.detect", "detect_main", "negative-transfer verdicts and source rankings"),
+    "multisource": ("da.multisource_workflow", "multisource_main",
+                    "train one model per source, then fine-tune on the target toward all of them"),
 }
 
 TOP_HELP = """usage: da <command> [options]
