@@ -213,6 +213,8 @@ def _namespace_to_dict(ns: Any) -> Any:
 
     if isinstance(ns, Namespace):
         return {k: _namespace_to_dict(v) for k, v in vars(ns).items() if k != "__path__"}
+    if isinstance(ns, dict):
+        return {str(k): _namespace_to_dict(v) for k, v in ns.items()}
     if isinstance(ns, (list, tuple)):
         return [_namespace_to_dict(v) for v in ns]
     if isinstance(ns, (str, int, float, bool)) or ns is None:

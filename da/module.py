@@ -212,7 +212,8 @@ class TransferModule(pl.LightningModule):
                 logs[f"train/{term.name}_{k}"] = torch.as_tensor(v).detach().float()
         logs["train/loss"] = total.detach()
         logs["train/source_acc"] = (logits_s.detach().argmax(-1) == y_s).float().mean()
-        self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False, batch_size=n_s)
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False, batch_size=n_s, sync_dist=distributed)
         self.log("loss", total.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False, batch_size=n_s)
         return total
 
@@ -254,8 +255,8 @@ class TransferModule(pl.LightningModule):
             from da.validators import unsupervised_scores
 
             probs = torch.cat(self._val_target_probs)
-            if self.trainer.world_size > 1:
-                probs = self.all_gather(probs).flatten(0, 1)
+            if self.trainer.world_size > 1:  # gathered shards end with the sampler's wrap-around padding: trim it
+                probs = self.all_gather(probs).flatten(0, 1)[: self._eval_size("target_val", len(probs))]
             scores = unsupervised_scores(probs)
             self.log_dict({f"val/target_{k}": v for k, v in scores.items()}, sync_dist=False)
             logged.update({f"val/target_{k}": float(v) for k, v in scores.items()})
@@ -268,7 +269,8 @@ class TransferModule(pl.LightningModule):
         if self._test_preds:
             pred, y = torch.cat(self._test_preds), torch.cat(self._test_targets)
             if self.trainer.world_size > 1:
-                pred, y = self.all_gather(pred).flatten(0, 1), self.all_gather(y).flatten(0, 1)
+                n = self._eval_size("target_test", len(pred))
+                pred, y = self.all_gather(pred).flatten(0, 1)[:n], self.all_gather(y).flatten(0, 1)[:n]
             self.predictions = {"y": y.cpu(), "pred": pred.cpu()}
             self._test_preds.clear()
             self._test_targets.clear()
@@ -288,6 +290,12 @@ class TransferModule(pl.LightningModule):
             torch.set_rng_state(rng["torch"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def _eval_size(self, split: str, default: int) -> int:
+        """The true number of samples of a data module split (without DDP padding)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        dom = getattr(dm, split, None)
+        return len(dom) if dom is not None else default * self.trainer.world_size
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):

@@ -143,7 +143,7 @@ class MultiSourceAnchors(_ParamPenalty):
         if not self.learnable:
             sq = squared_norms(params, self.wbar.tensors()).sum()
             self.last_logs["dist_bar"] = sq.detach().sqrt()
-            if self.log_every > 0 and ctx.step % self.log_every == 0:
+            if self.log_every > 0 and (ctx.step + 1) % self.log_every == 0:  # Lightning logs at step k*n - 1
                 for d, v in enumerate(self._distances_sq(params)):
                     self.last_logs[f"dist{d}"] = v.sqrt()
             return 0.5 * self.total.to(sq.dtype) * sq + self.const.to(sq.dtype)
