@@ -469,3 +469,27 @@ def test_wandb_sweep_export_structure(project):
     point = _key_values(["method=configs/method/erm.yaml", "model.lr=0.01", "seed=1"], "--only")
     (run,) = S.expand(spec, only=point)
     assert run.config["model"]["lr"] == 0.01 and run.seed == 1
+
+
+def test_inprocess_launcher_runs_real_fits_and_records_failures(tmp_path):
+    """Two real (tiny) `da fit` runs inside the sweep's process: one finishes, one fails and is recorded as failed."""
+    import json as _json
+
+    from da.experiments.sweep import load_sweep, run_sweep
+
+    base = tmp_path / "blobs.yaml"
+    base.write_text(
+        "trainer: {max_steps: 10, val_check_interval: 10, enable_progress_bar: false, enable_model_summary: false,"
+        " accelerator: cpu}\n"
+        "model: {backbone: mlp, backbone_args: {hidden: [8]}}\n"
+        "data: {sources: [blobs/0], target: blobs/1, batch_size: 16}\n")
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"name: tiny\nbase: [{base}]\ngrid:\n  model.lr: [0.01, -1.0]\nseeds: [0]\n")
+    import io
+
+    summary = run_sweep(load_sweep(sweep), out=tmp_path / "out", launcher="inprocess", log=io.StringIO())
+    records = {r["config"]["model"]["lr"]: r for r in
+               (_json.loads(p.read_text()) for p in (tmp_path / "out" / "tiny").glob("*/result.json"))}
+    assert records[0.01]["status"] == "finished" and records[0.01]["sweep"]["params"] == {"model.lr": 0.01, "seed": 0}
+    assert records[-1.0]["status"] == "failed" and "learning rate" in records[-1.0]["error"]
+    assert (summary.launched, summary.finished, len(summary.failed)) == (2, 1, 1)

@@ -34,8 +34,9 @@ def sweep_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("sweep", help="sweep YAML file (see docs/experiments.md)")
     p.add_argument("--out", default="runs/sweeps", help="root of sweep directories (default: runs/sweeps)")
-    p.add_argument("--launcher", default="local", choices=["local", "local-gpus", "slurm", "ddp"],
-                   help="local: sequential; local-gpus: one run per GPU in parallel; slurm: submitit jobs; "
+    p.add_argument("--launcher", default="local", choices=["local", "inprocess", "local-gpus", "slurm", "ddp"],
+                   help="local: sequential subprocesses; inprocess: sequential inside this process (no start-up "
+                   "cost per run, for many small runs); local-gpus: one run per GPU in parallel; slurm: submitit jobs; "
                    "ddp: one run at a time with Lightning's multi-GPU/multi-node DDP (set trainer.devices / "
                    "trainer.num_nodes with --set)")
     p.add_argument("--gpus", default=None, help="GPU ids for local-gpus, e.g. 0,1 (default: all visible)")

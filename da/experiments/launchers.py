@@ -1,6 +1,8 @@
 """Launchers: how a sweep's runs are executed.
 
 - ``local``: one run after another, each a subprocess (``da fit ...``), output in ``<run_dir>/sweep.log``.
+- ``inprocess``: one run after another inside the ``da sweep`` process (no start-up cost per run: for many small
+  runs).
 - ``local-gpus``: one run per visible GPU in parallel; each subprocess sees one GPU through
   ``CUDA_VISIBLE_DEVICES`` (``gpus=[0, 1]`` or ``--gpus 0,1``; default: every GPU torch sees).
 - ``slurm``: each run a SLURM job through submitit (``pip install 'da[slurm]'``); ``wait=True`` blocks
@@ -292,6 +294,64 @@ class LocalLauncher:
         return statuses
 
 
+class InProcessLauncher:
+    """Runs jobs one after another inside this Python process (``da.cli.run_cli``), output in ``sweep.log``.
+
+    For sweeps of many small runs (feature-vector heads, toy tasks) where starting a Python process with torch and
+    Lightning costs more than the training itself. Each run re-seeds everything from its config; a run that raises is
+    recorded as failed like a subprocess that exits non-zero. A crash of the interpreter itself (out of memory) stops
+    the whole sweep, which is why ``local`` stays the default.
+    """
+
+    name = "inprocess"
+
+    def run(self, jobs: Sequence[Job], progress: Progress) -> list[str]:
+        statuses = []
+        for job in jobs:
+            progress.start(job)
+            try:
+                status = _execute_in_process(job)
+            except BaseException:
+                progress.end(job, "interrupted")
+                raise
+            progress.end(job, status)
+            statuses.append(status)
+        return statuses
+
+
+def _execute_in_process(job: Job) -> str:
+    import contextlib
+    import traceback
+
+    from da.cli import run_cli
+
+    args = job.argv[job.argv.index("fit"):] if "fit" in job.argv else list(job.argv)
+    run_dir = Path(job.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started, started_at = time.time(), _now()
+    before = record_signature(run_dir)
+    saved_env = {k: os.environ.get(k) for k in job.env}
+    os.environ.update(job.env)
+    returncode = 0
+    try:
+        with open(run_dir / LOG_FILE, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            log.write(f"\n=== {started_at} (in process) da {' '.join(args)}\n")
+            try:
+                run_cli(args)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # noqa: BLE001 - a failed run, recorded below like a non-zero exit
+                traceback.print_exc(file=log)
+                returncode = 1
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return record_outcome(job, returncode, started, started_at, before)
+
+
 class DDPLauncher(LocalLauncher):
     """One run at a time using Lightning's own multi-GPU / multi-node DDP (set ``trainer.devices``,
     ``trainer.num_nodes``, ``trainer.strategy`` in the sweep's overrides); launched like ``local``."""
@@ -394,7 +454,8 @@ class SlurmLauncher:
         return statuses
 
 
-LAUNCHERS = {"local": LocalLauncher, "local-gpus": LocalGPUsLauncher, "slurm": SlurmLauncher, "ddp": DDPLauncher}
+LAUNCHERS = {"local": LocalLauncher, "inprocess": InProcessLauncher, "local-gpus": LocalGPUsLauncher,
+             "slurm": SlurmLauncher, "ddp": DDPLauncher}
 
 
 def make_launcher(name: str, **options: Any):
