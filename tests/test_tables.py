@@ -162,3 +162,12 @@ def test_split_by_a_sweep_parameter(stored):
         "| mnist->usps | 73.0 ± 3.6 | 80.0 (n=1) | **84.5 ± 0.7 (n=2)** |",
         "| usps->mnist | **61.0 ± 1.0** | 55.0 (n=1) | 59.5 ± 0.7 (n=2) |",
     ]
+
+
+def test_table_command_filters_tasks_and_methods(stored, capsys):
+    records = load_records(stored)
+    task, method = records[0]["task"], records[0]["method"]
+    assert table_main([str(stored), "--tasks", task, "--methods", method]) == 0
+    kept = [r for r in records if r["task"] == task and r["method"] == method]
+    assert capsys.readouterr().out == make_table(kept)
+    assert table_main([str(stored), "--methods", "no-such-method"]) == 2

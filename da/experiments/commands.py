@@ -118,6 +118,8 @@ def table_parser() -> argparse.ArgumentParser:
                    help="sweep parameters shown as separate methods instead of selected, e.g. "
                    "--by model.losses[0].init_args.weight")
     p.add_argument("--skip-invalid", action="store_true", help="warn about and skip invalid records")
+    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help="keep only these tasks")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD", help="keep only these methods")
     p.add_argument("-o", "--output", default=None, help="write the table to this file instead of stdout")
     return p
 
@@ -129,6 +131,11 @@ def table_main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = table_parser().parse_args(argv)
     records = load_records(args.paths, strict=not args.skip_invalid)
+    records = [r for r in records if (args.tasks is None or r.get("task") in args.tasks)
+               and (args.methods is None or r.get("method") in args.methods)]
+    if not records:
+        print("da table: no record matches --tasks / --methods", file=sys.stderr)
+        return 2
     cols = "method" if args.rows == "task" else "task"
     text = make_table(
         records, metric=args.metric, selection=args.selection, rows=args.rows, cols=cols, fmt=args.format,
