@@ -141,7 +141,7 @@ def test_benchmark_fit_end_to_end_on_blobs():
     assert t["steps"] == 60 and len(t["correct"]) == 150  # held-out half of 3 x 100 target samples
     assert t["acc"] == pytest.approx(np.mean(t["correct"]))
     hist = t["monitor"]["history"]
-    assert [r["step"] for r in hist] == list(range(10, 61, 10)) and t["monitor"]["objective"] == "labelled"
+    assert [r["step"] for r in hist] == list(range(5, 61, 5)) and t["monitor"]["objective"] == "labelled"
     # the all-wrong source conflicts with the labelled target objective; the clean one agrees
     assert np.mean([r["cos_src1"] for r in hist]) < 0 < np.mean([r["cos_src0"] for r in hist])
     assert [a["source"] for a in t["monitor"]["alarms"]] == [1]
@@ -152,3 +152,32 @@ def test_benchmark_fit_end_to_end_on_blobs():
     assert set(s["scores"]) == {"logme", "leep", "nce", "hscore"}
     assert s["acc"] < 1 / 3  # trained on all-wrong labels: below chance on the target
     assert all(np.isfinite(v) for v in s["scores"].values())
+
+
+def test_monitor_labelled_pool_matches_naive_cosine():
+    """With a labelled pool (few-shot target set) the target objective is the pool's CE even when the batch holds no
+    labelled target sample; the cosine equals a naive autograd reference on the backbone's parameters."""
+    import torch
+    import torch.nn.functional as F
+
+    from da.diagnostics import NegativeTransferMonitor
+    from da.module import TransferModule
+
+    torch.manual_seed(0)
+    model = TransferModule(num_classes=3, input_shape=[8], num_sources=1, backbone="mlp")
+    x_s, y_s = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    x_p, y_p = torch.randn(9, 8), torch.tensor([0, 1, 2] * 3)
+    batch = {"source": (x_s, y_s, torch.zeros(16, dtype=torch.long)), "target": (torch.randn(16, 8), None)}
+    mon = NegativeTransferMonitor(probe=False)
+    mon._pool = (x_p, y_p)
+    got = mon.compute_signals(model, batch)["cos_src0"]
+    assert mon.objective_used == "labelled"
+    params = [p for p in model.backbone.parameters()]
+    g_s = torch.autograd.grad(F.cross_entropy(model(x_s), y_s), params)
+    g_t = torch.autograd.grad(F.cross_entropy(model(x_p), y_p), params)
+    flat_s, flat_t = torch.cat([g.flatten() for g in g_s]), torch.cat([g.flatten() for g in g_t])
+    assert got == pytest.approx(float(F.cosine_similarity(flat_s, flat_t, dim=0)), abs=1e-5)
+    # without the pool and without labelled target samples in the batch, auto falls back to the entropy proxy
+    mon2 = NegativeTransferMonitor(probe=False)
+    mon2.compute_signals(model, batch)
+    assert mon2.objective_used == "entropy"

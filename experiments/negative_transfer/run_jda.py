@@ -35,6 +35,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--plot", default="docs/img/nt_jda_ntg.png", help="NTG picture of both sources ('' for none)")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
@@ -59,6 +60,17 @@ def main() -> None:
                 argv += MONITOR
             run_cli(argv)
             print(f"[nt_jda] {arm} seed {seed}: {time.time() - t0:.1f}s", flush=True)
+    if args.plot:
+        from da.diagnostics.detect import detect_negative_transfer
+        from da.diagnostics.plots import plot_ntg
+
+        out = Path(args.out)
+        res = {label: detect_negative_transfer([out / arm], [out / "target_only"])[0]
+               for arm, label in (("clean", "clean source"), ("noisy60", "60%-noisy source"))}
+        for name, r in res.items():
+            print(name, "|", r.summary().replace("\n", " | "))
+        plot_ntg(res, args.plot, title=f"JDA MNIST->USPS, k={args.k} labels/class: NTG vs target-only")
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":
