@@ -135,13 +135,13 @@ def test_benchmark_fit_end_to_end_on_blobs():
     mod = _runner()
     mod._quiet()
     cfg = yaml.safe_load((EXP / "blobs.yaml").read_text())
-    cfg.update(steps=60)
+    cfg.update(steps=40)
     by = {s.name: s for s in expand_settings(cfg)}
     t = mod.fit_one(cfg, "transfer", by["multi/1harmful+downweight"], seed=0)
-    assert t["steps"] == 60 and len(t["correct"]) == 150  # held-out half of 3 x 100 target samples
+    assert t["steps"] == 40 and len(t["correct"]) == 150  # held-out half of 3 x 100 target samples
     assert t["acc"] == pytest.approx(np.mean(t["correct"]))
     hist = t["monitor"]["history"]
-    assert [r["step"] for r in hist] == list(range(5, 61, 5)) and t["monitor"]["objective"] == "labelled"
+    assert [r["step"] for r in hist] == list(range(5, 41, 5)) and t["monitor"]["objective"] == "labelled"
     # the all-wrong source conflicts with the labelled target objective; the clean one agrees
     assert np.mean([r["cos_src1"] for r in hist]) < 0 < np.mean([r["cos_src0"] for r in hist])
     assert [a["source"] for a in t["monitor"]["alarms"]] == [1]
