@@ -60,7 +60,7 @@ def plot_ntg(results: Union[Sequence[NTGResult], Mapping[str, NTGResult]], path:
     ax.set_title(title or "Negative-transfer gap per task (right of 0: transfer hurt the target)")
     present = [v for v in VERDICT_COLOURS if any(r.verdict == v for _, r in items)]
     ax.legend(handles=[Line2D([], [], color=VERDICT_COLOURS[v], marker="o", lw=2.5, label=v) for v in present],
-              loc="lower right", fontsize=8.5, framealpha=0.9)
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8.5, framealpha=0.9, borderaxespad=0.0)
     ax.grid(axis="x", alpha=0.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
