@@ -309,10 +309,47 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summarize_workflows(dirs: Sequence[str]) -> str:
+    """Mean ± sample std over workflow directories (one per seed) of every run's target accuracy, as markdown.
+
+    Reads ``<dir>/summary.json`` of each; rows are the direct-transfer source models, then the target methods (the
+    ``single`` row reports each seed's best source, an oracle pick). n = the number of directories holding the row.
+    """
+    import statistics
+
+    rows: Dict[str, List[float]] = {}
+    task, shots = None, None
+    for d in dirs:
+        s = json.loads((Path(d) / "summary.json").read_text())
+        task, shots = s["task"], s["shots"]
+        for name, r in s["sources"].items():
+            if r.get("target_acc") is not None:
+                rows.setdefault(f"source only: {name} (direct transfer)", []).append(100 * r["target_acc"])
+        for m, r in s["methods"].items():
+            if r.get("target_acc") is not None:
+                label = f"{m} (best single source, oracle pick)" if m == "single" else m
+                rows.setdefault(label, []).append(100 * r["target_acc"])
+    if not rows:
+        raise ValueError(f"no summary.json with results in {list(dirs)}")
+    lines = [f"{task}, {shots} labelled target samples per class: target accuracy (x100), mean ± sample std over "
+             f"workflow seeds", "", "| run | target acc | n |", "|---|---:|---:|"]
+    for label, vals in rows.items():
+        sd = f" ± {statistics.stdev(vals):.1f}" if len(vals) > 1 else ""
+        lines.append(f"| {label} | {statistics.mean(vals):.1f}{sd} | {len(vals)} |")
+    return "\n".join(lines)
+
+
 def multisource_main(argv: Optional[List[str]] = None) -> int:
     """``da multisource``: see the module docstring. Unknown ``--key value`` arguments go to every ``da fit``."""
+    if argv and argv[0] == "summarize":
+        if len(argv) < 2:
+            print("usage: da multisource summarize <workflow dir> [<workflow dir> ...]", file=sys.stderr)
+            return 2
+        print(summarize_workflows(argv[1:]))
+        return 0
     p = argparse.ArgumentParser(prog="da multisource", description=__doc__.split("\n\n")[0],
-                                epilog="Any other --key value (e.g. --trainer.max_steps 500) is passed to every da fit.")
+                                epilog="Any other --key value (e.g. --trainer.max_steps 500) is passed to every da fit. "
+                                "`da multisource summarize DIR...` prints mean ± std over workflow directories (seeds).")
     p.add_argument("--config", action="append", default=[], help="base config (repeatable, in order)")
     p.add_argument("--sources", nargs="+", required=True, help="source domains, e.g. jda/mnist digits/svhn")
     p.add_argument("--target", required=True, help="the target domain")

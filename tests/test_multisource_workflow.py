@@ -186,3 +186,21 @@ def test_branches_backbone_from_checkpoints_counts_as_pretrained():
         TransferModule(num_classes=3, input_shape=(8,), backbone="branches", backbone_args={"base": "mlp"})
     with pytest.raises(ValueError, match="needs backbone_args.base"):
         TransferModule(num_classes=3, input_shape=(8,), backbone="branches", backbone_args={"checkpoints": srcs})
+
+
+def test_summarize_workflows_mean_and_std_over_seeds(tmp_path, capsys):
+    from da.multisource_workflow import multisource_main, summarize_workflows
+
+    for seed, (a, b) in enumerate(((0.80, 0.90), (0.84, 0.94))):
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps({
+            "task": "x/a+x/b->x/c", "seed": seed, "shots": 10,
+            "sources": {"x/a": {"target_acc": a}},
+            "methods": {"anchors": {"target_acc": b}, "single": {"target_acc": a, "best_source": "x/a"}}}))
+    text = summarize_workflows([tmp_path / "s0", tmp_path / "s1"])
+    assert "| source only: x/a (direct transfer) | 82.0 ± 2.8 | 2 |" in text  # stdev of (80, 84) = 2.83
+    assert "| anchors | 92.0 ± 2.8 | 2 |" in text
+    assert "| single (best single source, oracle pick) | 82.0 ± 2.8 | 2 |" in text
+    assert multisource_main(["summarize", str(tmp_path / "s0")]) == 0
+    assert "| anchors | 90.0 | 1 |" in capsys.readouterr().out
