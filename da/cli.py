@@ -112,8 +112,9 @@ def _build_cli_class():
                 loggers = []
             elif isinstance(loggers, Logger):
                 loggers = [loggers]
-            loggers = [CSVLogger(str(self.run_dir), name="", version="")] + [
-                lg for lg in loggers if not isinstance(lg, CSVLogger)]
+            csv_logger = CSVLogger(str(self.run_dir), name="", version="")
+            self._adopt_existing_metrics(csv_logger)
+            loggers = [csv_logger] + [lg for lg in loggers if not isinstance(lg, CSVLogger)]
             for lg in loggers:  # W&B files go into the run directory unless the user chose a place
                 init = getattr(lg, "_wandb_init", None)
                 if isinstance(init, dict) and init.get("dir") in (None, ".", "./"):
@@ -127,6 +128,24 @@ def _build_cli_class():
                                                  monitor="val/source_acc", mode="max", save_last=True,
                                                  enable_version_counter=False))
             return super()._instantiate_trainer(config, callbacks)
+
+        def _adopt_existing_metrics(self, csv_logger) -> None:
+            """A run directory that already holds ``metrics.csv``: a resumed run keeps appending to it (with its columns,
+            which Lightning's CSV writer would otherwise not know and fail on); a fresh run moves it to
+            ``metrics.prev.csv`` and starts a new file."""
+            path = self.run_dir / "metrics.csv"
+            if not path.exists() or not self.trainer_is_rank_zero():
+                return
+            if self.config[self.subcommand].get("ckpt_path"):
+                with path.open() as f:
+                    header = [k for k in f.readline().strip().split(",") if k]
+                csv_logger.experiment.metrics_keys = sorted(header)
+            else:
+                path.replace(self.run_dir / "metrics.prev.csv")
+
+        @staticmethod
+        def trainer_is_rank_zero() -> bool:
+            return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
         # ------------------------------------------------------------- records
         def _plain_config(self) -> Dict[str, Any]:

@@ -69,6 +69,17 @@ def test_resumed_run_is_identical_to_an_uninterrupted_one(tmp_path):
     assert _record(tmp_path / "full")["metrics"]["test/target_acc"] == _record(tmp_path / "cut")["metrics"]["test/target_acc"]
 
 
+def test_rerun_and_resume_into_a_directory_with_metrics(tmp_path):
+    run = tmp_path / "r"
+    run_cli(fit_args(run, ["--trainer.max_steps", "30"]))  # metrics.csv now has train/, val/ and test/ columns
+    run_cli(fit_args(run, ["--trainer.max_steps", "30"]))  # a fresh run into the same directory
+    assert (run / "metrics.prev.csv").exists() and _record(run)["status"] == "finished"
+    run_cli(fit_args(run, ["--trainer.max_steps", "60", "--ckpt_path", "last"]))  # resume: append to the same file
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "val/source_acc" in header and "train/loss" in header
+    assert _record(run)["status"] == "finished" and _record(run)["history"][-1]["step"] == 60
+
+
 def test_failed_run_is_recorded_as_failed(tmp_path):
     run = tmp_path / "r"
     with pytest.raises(Exception):
