@@ -307,22 +307,7 @@ def _align_classes(dom: Domain, ref: List[str], spec: str, target: str) -> Domai
     mapping = torch.tensor([ref.index(c) for c in dom.classes], dtype=torch.long)
     if dom.x is not None:
         return replace(dom, y=mapping[dom.y], classes=list(ref))
-    return replace(dom, dataset=_Relabel(dom.dataset, mapping), y=mapping[dom.y], classes=list(ref))
-
-
-class _Relabel(Dataset):
-    def __init__(self, dataset: Dataset, mapping: torch.Tensor):
-        self.dataset, self.mapping = dataset, mapping
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        x, y = self.dataset[i]
-        return x, int(self.mapping[int(y)])
-
-    def with_transform(self, kind: str) -> "_Relabel":
-        return _Relabel(_with_transform_ds(self.dataset, kind), self.mapping)
+    return replace(dom, dataset=_WithLabels(dom.dataset, mapping[dom.y]), y=mapping[dom.y], classes=list(ref))
 
 
 def _with_label_noise(dom: Domain, p: float, num_classes: int, seed: int) -> Domain:
@@ -336,10 +321,12 @@ def _with_label_noise(dom: Domain, p: float, num_classes: int, seed: int) -> Dom
     meta = {**dom.meta, "label_noise": p, "flipped": n_flip}
     if dom.x is not None:
         return replace(dom, y=y, meta=meta)
-    return replace(dom, dataset=_NoisyLabels(dom.dataset, y), y=y, meta=meta)
+    return replace(dom, dataset=_WithLabels(dom.dataset, y), y=y, meta=meta)
 
 
-class _NoisyLabels(Dataset):
+class _WithLabels(Dataset):
+    """A lazy dataset whose label ``i`` is replaced by ``labels[i]`` (class re-mapping, label noise)."""
+
     def __init__(self, dataset: Dataset, labels: torch.Tensor):
         self.dataset, self.labels = dataset, labels
 
@@ -349,8 +336,8 @@ class _NoisyLabels(Dataset):
     def __getitem__(self, i):
         return self.dataset[i][0], int(self.labels[i])
 
-    def with_transform(self, kind: str) -> "_NoisyLabels":
-        return _NoisyLabels(_with_transform_ds(self.dataset, kind), self.labels)
+    def with_transform(self, kind: str) -> "_WithLabels":
+        return _WithLabels(_with_transform_ds(self.dataset, kind), self.labels)
 
 
 def _concat(parts: List[Domain]) -> Domain:

@@ -280,12 +280,16 @@ class LocalLauncher:
 
     name = "local"
 
+    @staticmethod
+    def execute(job: Job) -> str:
+        return execute_job(job)
+
     def run(self, jobs: Sequence[Job], progress: Progress) -> list[str]:
         statuses = []
         for job in jobs:
             progress.start(job)
             try:
-                status = execute_job(job)
+                status = self.execute(job)
             except BaseException:
                 progress.end(job, "interrupted")
                 raise
@@ -294,7 +298,7 @@ class LocalLauncher:
         return statuses
 
 
-class InProcessLauncher:
+class InProcessLauncher(LocalLauncher):
     """Runs jobs one after another inside this Python process (``da.cli.run_cli``), output in ``sweep.log``.
 
     For sweeps of many small runs (feature-vector heads, toy tasks) where starting a Python process with torch and
@@ -305,18 +309,9 @@ class InProcessLauncher:
 
     name = "inprocess"
 
-    def run(self, jobs: Sequence[Job], progress: Progress) -> list[str]:
-        statuses = []
-        for job in jobs:
-            progress.start(job)
-            try:
-                status = _execute_in_process(job)
-            except BaseException:
-                progress.end(job, "interrupted")
-                raise
-            progress.end(job, status)
-            statuses.append(status)
-        return statuses
+    @staticmethod
+    def execute(job: Job) -> str:
+        return _execute_in_process(job)
 
 
 def _execute_in_process(job: Job) -> str:
