@@ -256,7 +256,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        extra = "\n".join(f"  {name:<10} {desc}" for name, (_, _, desc) in EXTRA_COMMANDS.items())
+        extra = "\n".join(f"  {name:<12} {desc}" for name, (_, _, desc) in EXTRA_COMMANDS.items())
         print(TOP_HELP.format(extra=extra))
         return
     if argv[0] in EXTRA_COMMANDS:
