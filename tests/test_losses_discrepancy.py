@@ -232,6 +232,7 @@ def _worker(rank, world, port, s, t, out):
         value = MKMMD(gather=True)(ctx(loc_s, loc_t))
         value.backward()
         torch.save({"value": value.detach(), "gs": loc_s.grad, "gt": loc_t.grad}, os.path.join(out, f"{rank}.pt"))
+        dist.barrier()  # neither rank tears the group down while the other is still in a collective (gloo aborts)
     finally:
         dist.destroy_process_group()
 
