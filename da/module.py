@@ -121,7 +121,7 @@ class TransferModule(pl.LightningModule):
         state = ckpt.get("state_dict", ckpt)
         own = self.state_dict()
         keep_head = init_head != "never"
-        loaded, skipped = [], []
+        skipped: List[str] = []
         new_state = {}
         for k, v in state.items():
             if not (k.startswith("backbone.") or k.startswith("bottleneck.") or k.startswith("classifier.")):
@@ -148,10 +148,9 @@ class TransferModule(pl.LightningModule):
             raise ValueError(f"init_from {path}: the checkpoint has no weights for {missing[:5]} ...; "
                              f"is it a checkpoint of the same backbone?")
         self.load_state_dict(new_state, strict=False)
-        loaded = list(new_state)
         params = {n for n, _ in self.named_parameters()}
-        self._pretrained |= {k for k in loaded if k in params}
-        self.init_info = {"path": str(path), "loaded": len(loaded), "head_transferred": head_ok, "skipped": skipped}
+        self._pretrained |= {k for k in new_state if k in params}
+        self.init_info = {"path": str(path), "loaded": len(new_state), "head_transferred": head_ok, "skipped": skipped}
 
     def _freeze(self, freeze_backbone: bool, freeze_blocks: int) -> None:
         if freeze_backbone:
