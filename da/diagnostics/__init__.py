@@ -7,6 +7,7 @@ predict it before training (transferability scores). See docs/diagnostics.md.
   health, proxy A-distance, alarms (``trainer.callbacks: [{class_path: da.diagnostics.NegativeTransferMonitor}]``).
 - :func:`logme`, :func:`leep`, :func:`nce`, :func:`h_score`, :func:`kendall_tau`, :func:`rank_sources`
   (``transferability.py``).
+- :func:`weight_drift`, :func:`state_dict_of` (``drift.py``): how far fine-tuning moved the weights from ``w0``.
 - :func:`plot_ntg`, :func:`plot_monitor` (``plots.py``); ``da detect`` (``detect.py``).
 
 Names are imported on first use, so ``import da.diagnostics`` stays cheap (Lightning and matplotlib load only
@@ -24,6 +25,7 @@ _EXPORTS = {
     "logme": "transferability", "leep": "transferability", "nce": "transferability",
     "h_score": "transferability", "kendall_tau": "transferability", "rank_sources": "transferability",
     "Ranking": "transferability",
+    "weight_drift": "drift", "state_dict_of": "drift", "block_of": "drift",
     "plot_ntg": "plots", "plot_monitor": "plots",
     "detect_negative_transfer": "detect", "run_missing_baselines": "detect", "detect_main": "detect",
 }
