@@ -2,7 +2,7 @@
 averaged over seeds, by method and by a sweep parameter: the figure that explains an L2-SP-vs-plain comparison.
 
     python experiments/weight_drift_table.py runs/sweeps/text_finetune \
-        --reference ../shared/models/all-MiniLM-L6-v2 --prefix backbone.model. --by data.target_labeled_per_class
+        --reference ../shared/models/all-MiniLM-L6-v2 --prefix backbone.model. --by data.target_labeled_per_class 'model.losses[0].init_args.alpha'
 
 Reads each finished run's ``checkpoints/last.ckpt`` (runs without one are listed as skipped).
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from da.diagnostics import state_dict_of, weight_drift
 from da.experiments.records import load_records
+from da.experiments.tables import split_methods
 
 
 def main(argv=None) -> None:
@@ -23,36 +24,30 @@ def main(argv=None) -> None:
     ap.add_argument("sweep", help="sweep (or run) directory holding result.json files")
     ap.add_argument("--reference", required=True, help="the starting point: a HF folder, a checkpoint or a state dict")
     ap.add_argument("--prefix", default="backbone.model.", help="prefix of the reference's names in the checkpoints")
-    ap.add_argument("--by", default=None, help="sweep parameter for the columns (e.g. data.target_labeled_per_class)")
+    ap.add_argument("--by", nargs="+", default=[], metavar="PARAM",
+                    help="sweep parameters that split the method label, as in `da table --by`")
     args = ap.parse_args(argv)
 
     ref = state_dict_of(args.reference)
     cells, skipped = defaultdict(list), []
-    for rec in load_records(args.sweep, strict=False):
+    for rec in split_methods(load_records(args.sweep, strict=False), args.by):
         ckpt = Path(rec["run_dir"]) / "checkpoints" / "last.ckpt"
         if rec["status"] != "finished" or not ckpt.exists():
             skipped.append(rec["run_dir"])
             continue
-        col = "all"
-        if args.by:
-            import json
-            params = json.loads((Path(rec["run_dir"]) / "sweep.json").read_text()).get("params", {})
-            col = str(params.get(args.by))
         d = weight_drift(state_dict_of(ckpt), ref, prefix=args.prefix)
-        cells[(rec["task"], rec["method"], col)].append(d["relative"])
-    cols = sorted({c for _, _, c in cells}, key=lambda c: (c != "None", float(c) if c.replace(".", "").isdigit() else 0))
-    rows = sorted({(t, m) for t, m, _ in cells})
-    print(f"| task | method | " + " | ".join(f"{args.by}={c}" if args.by else "drift" for c in cols) + " |")
-    print("|:--|:--|" + "--:|" * len(cols))
-    for t, m in rows:
+        cells[(rec["method"], rec["task"])].append(d["relative"])
+    tasks = sorted({t for _, t in cells})
+    print("| method | " + " | ".join(tasks) + " |")
+    print("|:--|" + "--:|" * len(tasks))
+    for m in sorted({m for m, _ in cells}):
         vals = []
-        for c in cols:
-            xs = cells.get((t, m, c), [])
-            vals.append(f"{100 * statistics.mean(xs):.2f}% (n={len(xs)})" if xs else "")
-        print(f"| {t} | {m} | " + " | ".join(vals) + " |")
-    print(f"\n||w - w0|| / ||w0|| over the {args.prefix or ''}* weights, mean over seeds; "
+        for t in tasks:
+            xs = cells.get((m, t), [])
+            vals.append(f"{100 * statistics.mean(xs):.2f}%" + ("" if len(xs) == 3 else f" (n={len(xs)})") if xs else "-")
+        print(f"| {m} | " + " | ".join(vals) + " |")
+    print(f"\n||w - w0|| / ||w0|| over the {args.prefix}* weights, mean over seeds (n=3 unless shown); "
           f"{len(skipped)} run(s) without a finished record or last.ckpt skipped.")
-
 
 if __name__ == "__main__":
     main()
