@@ -151,7 +151,7 @@ def table_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def plot_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="da plot", description="Learning curves and t-SNE maps as PNG.")
+    p = argparse.ArgumentParser(prog="da plot", description="Learning curves, t-SNE maps and metric-vs-parameter plots as PNG.")
     sub = p.add_subparsers(dest="kind", required=True)
     c = sub.add_parser("curves", help="train loss and val accuracies vs step from metrics.csv")
     c.add_argument("run_dirs", nargs="+")
@@ -166,6 +166,17 @@ def plot_parser() -> argparse.ArgumentParser:
     t.add_argument("--title", default="t-SNE of source and target features")
     t.add_argument("--max-points", type=int, default=2000)
     t.add_argument("--seed", type=int, default=0)
+    q = sub.add_parser("param", help="a metric (mean ± std over seeds) against a sweep parameter, one line per "
+                       "method, one panel per task")
+    q.add_argument("paths", nargs="+", help="sweep directories, run directories or result.json files")
+    q.add_argument("--param", required=True, help="the sweep parameter on the x axis, e.g. data.target_labeled_per_class")
+    q.add_argument("--by", nargs="+", action="extend", default=[], metavar="PARAM",
+                   help="other sweep parameters that split the method label (as da table --by)")
+    q.add_argument("--metric", default="test/target_acc")
+    q.add_argument("--scale", type=float, default=100.0)
+    q.add_argument("--xlabel", default=None)
+    q.add_argument("--title", default=None)
+    q.add_argument("-o", "--output", default="param.png")
     return p
 
 
@@ -178,6 +189,11 @@ def plot_main(argv: Optional[Sequence[str]] = None) -> int:
     args = plot_parser().parse_args(argv)
     if args.kind == "curves":
         out = plots.plot_curves(args.run_dirs, args.output, smooth=args.smooth, title=args.title)
+    elif args.kind == "param":
+        from da.experiments.records import load_records
+
+        out = plots.plot_param(load_records(args.paths, strict=False), args.param, args.output, metric=args.metric,
+                               scale=args.scale, by=args.by, title=args.title, xlabel=args.xlabel)
     else:
         titles = args.titles or [Path(f).stem for f in args.features]
         if len(titles) != len(args.features):

@@ -227,3 +227,88 @@ def plot_tsne(feats_s, feats_t, labels_s=None, labels_t=None, path: str | Path =
     """One t-SNE map of source (circles) and target (crosses) features coloured by class; see module doc."""
     panel = {"feats_s": feats_s, "feats_t": feats_t, "labels_s": labels_s, "labels_t": labels_t, "title": ""}
     return plot_tsne_panels([panel], path, title=title, max_points=max_points, seed=seed, class_names=class_names)
+
+
+# ----------------------------------------------------------------------------------------------------
+# A metric against a sweep parameter
+# ----------------------------------------------------------------------------------------------------
+
+def _param_order(value) -> tuple:
+    """None first, then numbers ascending, then everything else by its text."""
+    if value is None:
+        return (0, 0.0, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (1, float(value), "")
+    return (2, 0.0, str(value))
+
+
+def param_series(records: Sequence[dict], param: str, metric: str = "test/target_acc", scale: float = 100.0,
+                 by: Sequence[str] = ()) -> dict[str, dict[str, list[tuple]]]:
+    """``{task: {method: [(value, mean, std, n), ...]}}``: ``metric`` x ``scale`` over the finished runs (seeds) of
+    each task, method and value of the sweep parameter ``param``, values ordered (None first, then numbers).
+    ``by`` names other sweep parameters that split the method label (as ``da table --by``); std is the sample std
+    (0 for one run)."""
+    from da.experiments.records import metric_value
+    from da.experiments.tables import split_methods
+
+    finished = [r for r in records if r.get("status") == "finished"]
+    with_param = [r for r in finished if param in ((r.get("sweep") or {}).get("params") or {})]
+    if not with_param:
+        known = sorted({k for r in finished for k in ((r.get("sweep") or {}).get("params") or {})})
+        raise ValueError(f"no finished run has the sweep parameter {param!r}; the runs have: {', '.join(known) or 'none'}")
+    groups: dict[tuple, list[float]] = {}
+    for r in split_methods(with_param, [k for k in by if k != param]):
+        value = r["sweep"]["params"][param]
+        y = metric_value(r, metric)
+        if math.isfinite(y):
+            groups.setdefault((r["task"], r["method"], json.dumps(value)), []).append(y * scale)
+    out: dict[str, dict[str, list[tuple]]] = {}
+    for (task, method, value), ys in groups.items():
+        n = len(ys)
+        mean = sum(ys) / n
+        std = math.sqrt(sum((y - mean) ** 2 for y in ys) / (n - 1)) if n > 1 else 0.0
+        out.setdefault(task, {}).setdefault(method, []).append((json.loads(value), mean, std, n))
+    for methods in out.values():
+        for pts in methods.values():
+            pts.sort(key=lambda p: _param_order(p[0]))
+    return out
+
+
+def plot_param(records: Sequence[dict], param: str, path: str | Path, metric: str = "test/target_acc",
+               scale: float = 100.0, by: Sequence[str] = (), title: Optional[str] = None,
+               xlabel: Optional[str] = None) -> Path:
+    """``metric`` (mean ± std over seeds, error bars) against the sweep parameter ``param``, one panel per task and
+    one line per method; the values sit at evenly spaced positions labelled with their text (``none`` for null)."""
+    from matplotlib.figure import Figure
+
+    series = param_series(records, param, metric=metric, scale=scale, by=by)
+    values = sorted({json.dumps(p[0]) for m in series.values() for pts in m.values() for p in pts},
+                    key=lambda v: _param_order(json.loads(v)))
+    pos = {v: i for i, v in enumerate(values)}
+    tasks = sorted(series)
+    fig = Figure(figsize=(4.6 * len(tasks) + 0.4, 4.0), layout="constrained")
+    axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+    methods = sorted({m for t in tasks for m in series[t]})
+    for ax, task in zip(axes, tasks):
+        for i, method in enumerate(methods):
+            pts = series[task].get(method)
+            if not pts:
+                continue
+            xs = [pos[json.dumps(p[0])] for p in pts]
+            ax.errorbar(xs, [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=4, capsize=3, lw=1.4,
+                        color=f"C{i % 10}", label=method)
+        ax.set_xticks(range(len(values)), ["none" if json.loads(v) is None else str(json.loads(v)) for v in values])
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel(xlabel or param)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"{metric}" + (f" (x{scale:g})" if scale != 1 else ""))
+    handles = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8, frameon=False)
+    fig.suptitle(title or f"{metric} vs {param} (mean ± std over seeds)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    return path
