@@ -171,3 +171,11 @@ def test_table_command_filters_tasks_and_methods(stored, capsys):
     kept = [r for r in records if r["task"] == task and r["method"] == method]
     assert capsys.readouterr().out == make_table(kept)
     assert table_main([str(stored), "--methods", "no-such-method"]) == 2
+
+
+def test_method_order_reads_numbers_as_numbers():
+    from da.experiments.tables import method_order
+    got = method_order(["dann weight=10", "oracle", "dann weight=3", "ft k=100", "ft k=None", "erm",
+                        "dann weight=0.3", "ft k=25", "ft k=25 alpha=1.0", "dann weight=1e-3"])
+    assert got == ["erm", "dann weight=1e-3", "dann weight=0.3", "dann weight=3", "dann weight=10",
+                   "ft k=None", "ft k=25", "ft k=25 alpha=1.0", "ft k=100", "oracle"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -59,10 +60,26 @@ def mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
     return mean, math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1))
 
 
+_NUMBER = re.compile(r"(None|-?\d+(?:\.\d+)?(?:[eE]-?\d+)?)")
+
+
+def natural_key(label: str) -> tuple:
+    """Sort key that reads numbers as numbers and ``None`` as smaller than any: ``weight=3`` < ``weight=10``,
+    ``k=None`` < ``k=1``."""
+    parts = []
+    for i, chunk in enumerate(_NUMBER.split(label)):
+        if i % 2 == 0:
+            parts.append((1, 0.0, chunk))
+        else:
+            parts.append((0, float("-inf") if chunk == "None" else float(chunk), ""))
+    return tuple(parts)
+
+
 def method_order(methods) -> list[str]:
-    """Baselines (``erm``, ``source-only``) first, ``oracle`` last, the rest alphabetically."""
+    """Baselines (``erm``, ``source-only``) first, ``oracle`` last, the rest alphabetically (numbers in a label, e.g.
+    a ``--by`` value, compared as numbers)."""
     def key(m: str):
-        return (0 if m in BASELINE_METHODS else 2 if m in UNRANKED_METHODS else 1, m)
+        return (0 if m in BASELINE_METHODS else 2 if m in UNRANKED_METHODS else 1, natural_key(m))
     return sorted(set(methods), key=key)
 
 
