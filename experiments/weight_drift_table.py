@@ -16,7 +16,7 @@ from pathlib import Path
 
 from da.diagnostics import state_dict_of, weight_drift
 from da.experiments.records import load_records
-from da.experiments.tables import split_methods
+from da.experiments.tables import method_order, split_methods
 
 
 def main(argv=None) -> None:
@@ -40,7 +40,7 @@ def main(argv=None) -> None:
     tasks = sorted({t for _, t in cells})
     print("| method | " + " | ".join(tasks) + " |")
     print("|:--|" + "--:|" * len(tasks))
-    for m in sorted({m for m, _ in cells}):
+    for m in method_order(m for m, _ in cells):
         vals = []
         for t in tasks:
             xs = cells.get((m, t), [])

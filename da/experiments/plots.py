@@ -299,14 +299,14 @@ def plot_param(records: Sequence[dict], param: str, path: str | Path, metric: st
                         color=f"C{i % 10}", label=method)
         ax.set_xticks(range(len(values)), ["none" if json.loads(v) is None else str(json.loads(v)) for v in values])
         ax.set_title(task, fontsize=10)
-        ax.set_xlabel(xlabel or param)
         ax.grid(alpha=0.3)
+    fig.supxlabel(xlabel or param, fontsize=10)
     axes[0].set_ylabel(f"{metric}" + (f" (x{scale:g})" if scale != 1 else ""))
     handles = {}
     for ax in axes:
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)
-    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8, frameon=False)
+    fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize=8, frameon=False)
     fig.suptitle(title or f"{metric} vs {param} (mean ± std over seeds)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
