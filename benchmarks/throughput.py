@@ -195,8 +195,6 @@ def summarise(times: Dict[str, List[float]], samples: Dict[str, int]) -> List[Di
     for m, ts in times.items():
         lo, hi = _quartiles(ts)
         base = baseline_of(m) if m not in ("erm", "erm+target") else None
-        if m == "erm_control":
-            base = "erm"
         row = {"method": m, "ms_per_step": 1e3 * med[m], "iqr_ms": 1e3 * (hi - lo), "steps_per_s": 1.0 / med[m],
                "samples_per_s": samples[m] / med[m], "baseline": base,
                "overhead": (med[m] / med[base] - 1.0) if base in med else None,

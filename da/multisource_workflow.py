@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 import yaml
 
+from da.cli import _safe
 from da.errors import unknown_name
 from da.run_record import read_record
 
@@ -51,10 +51,6 @@ _CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "method"
 DEFAULT_METHOD_CONFIGS = {"anchors": _CONFIGS / "anchors.yaml", "branches": _CONFIGS / "branches.yaml",
                           "l2sp": _CONFIGS / "l2sp.yaml"}
 MODEL_PREFIXES = ("backbone.", "bottleneck.", "classifier.")
-
-
-def _safe(name: str) -> str:
-    return name.replace("/", "-").replace("+", "_")
 
 
 def _yaml_list(items: Sequence[str]) -> str:
@@ -95,11 +91,6 @@ def average_checkpoints(checkpoints: Sequence[Any], weights: Optional[Sequence[f
     return out
 
 
-def _da_command() -> List[str]:
-    exe = shutil.which("da")
-    return [exe] if exe else [sys.executable, "-m", "da.cli"]
-
-
 def fit(run_dir: Path, args: List[str], launcher: str = "subprocess") -> Dict[str, Any]:
     """``da fit <args> --run_dir <run_dir>`` unless the directory already holds a finished run of these ``args``
     (and of the same text of its ``--config`` files).
@@ -124,7 +115,9 @@ def fit(run_dir: Path, args: List[str], launcher: str = "subprocess") -> Dict[st
     resume = ["--ckpt_path", "last"] if (run_dir / "checkpoints" / "last.ckpt").exists() else []
     full = ["fit", *args, "--run_dir", str(run_dir), *resume]
     if launcher == "subprocess":
-        proc = subprocess.run([*_da_command(), *full])
+        from da.experiments.launchers import da_command
+
+        proc = subprocess.run([*da_command(), *full])
         if proc.returncode != 0:
             raise RuntimeError(f"da fit failed (exit {proc.returncode}) in {run_dir}: da {shlex.join(full)}")
     elif launcher == "inprocess":
@@ -315,7 +308,7 @@ def summarize_workflows(dirs: Sequence[str]) -> str:
     Reads ``<dir>/summary.json`` of each; rows are the direct-transfer source models, then the target methods (the
     ``single`` row reports each seed's best source, an oracle pick). n = the number of directories holding the row.
     """
-    import statistics
+    from da.experiments.tables import mean_std
 
     rows: Dict[str, List[float]] = {}
     task, shots = None, None
@@ -334,8 +327,9 @@ def summarize_workflows(dirs: Sequence[str]) -> str:
     lines = [f"{task}, {shots} labelled target samples per class: target accuracy (x100), mean ± sample std over "
              f"workflow seeds", "", "| run | target acc | n |", "|---|---:|---:|"]
     for label, vals in rows.items():
-        sd = f" ± {statistics.stdev(vals):.1f}" if len(vals) > 1 else ""
-        lines.append(f"| {label} | {statistics.mean(vals):.1f}{sd} | {len(vals)} |")
+        mean, std = mean_std(vals)
+        sd = f" ± {std:.1f}" if std is not None else ""
+        lines.append(f"| {label} | {mean:.1f}{sd} | {len(vals)} |")
     return "\n".join(lines)
 
 

@@ -10,13 +10,12 @@ Reads each finished run's ``checkpoints/last.ckpt`` (runs without one are listed
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections import defaultdict
 from pathlib import Path
 
 from da.diagnostics import state_dict_of, weight_drift
 from da.experiments.records import load_records
-from da.experiments.tables import method_order, split_methods
+from da.experiments.tables import mean_std, method_order, split_methods
 
 
 def main(argv=None) -> None:
@@ -44,7 +43,7 @@ def main(argv=None) -> None:
         vals = []
         for t in tasks:
             xs = cells.get((m, t), [])
-            vals.append(f"{100 * statistics.mean(xs):.2f}%" + ("" if len(xs) == 3 else f" (n={len(xs)})") if xs else "-")
+            vals.append(f"{100 * mean_std(xs)[0]:.2f}%" + ("" if len(xs) == 3 else f" (n={len(xs)})") if xs else "-")
         print(f"| {m} | " + " | ".join(vals) + " |")
     print(f"\n||w - w0|| / ||w0|| over the {args.prefix}* weights, mean over seeds (n=3 unless shown); "
           f"{len(skipped)} run(s) without a finished record or last.ckpt skipped.")

@@ -75,9 +75,9 @@ def weight_drift(weights: Mapping[str, torch.Tensor], reference: Mapping[str, to
         w = weights.get(prefix + name)
         if w is None or not torch.is_tensor(w0) or not w0.is_floating_point() or w.shape != w0.shape:
             continue
-        diff = w.detach().to("cpu", torch.float64) - w0.detach().to("cpu", torch.float64)
-        d2 = float(diff.pow(2).sum())
-        r2 = float(w0.detach().to("cpu", torch.float64).pow(2).sum())
+        w0 = w0.detach().to("cpu", torch.float64)
+        diff = w.detach().to("cpu", torch.float64) - w0
+        d2, r2 = float(diff.pow(2).sum()), float(w0.pow(2).sum())
         sq, ref_sq, n_t, n_p = sq + d2, ref_sq + r2, n_t + 1, n_p + w0.numel()
         max_abs = max(max_abs, float(diff.abs().max())) if diff.numel() else max_abs
         if group is not None:

@@ -242,8 +242,8 @@ class NegativeTransferMonitor(pl.Callback):
                 if objective == "auto":
                     objective = "labelled" if (pool is not None or bool(labelled.any())) else "entropy"
                 if objective == "labelled" and pool is not None:
-                    logits_p = pl_module.features_and_logits(_to_device(pool[0], device))[1].float()
-                    target_loss = F.cross_entropy(logits_p, pool[1].to(device))
+                    logits_p = pl_module.features_and_logits(pool[0])[1].float()
+                    target_loss = F.cross_entropy(logits_p, pool[1])
                 elif objective == "labelled":
                     if not bool(labelled.any()):
                         raise ValueError("target_objective='labelled' but the batch has no labelled target "
@@ -359,7 +359,8 @@ class NegativeTransferMonitor(pl.Callback):
         return x, y
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._pool = self._find_pool(trainer)
+        pool = self._find_pool(trainer)
+        self._pool = None if pool is None else (_to_device(pool[0], pl_module.device), pool[1].to(pl_module.device))
         every = getattr(trainer, "log_every_n_steps", 1) or 1
         if trainer.loggers and self.every_n_steps % every:
             self._note(f"every_n_steps={self.every_n_steps} is not a multiple of trainer.log_every_n_steps={every}: "

@@ -41,11 +41,16 @@ LOG_FILE = "sweep.log"
 ERROR_TAIL_CHARS = 4000
 
 
+def da_command() -> list[str]:
+    """``da`` run with this Python interpreter (so work started from a virtual environment runs in it)."""
+    return [sys.executable, "-c", "from da.cli import main; main()"]
+
+
 def fit_command(run_dir: str | Path, resume: bool) -> list[str]:
     """``da fit --config <run_dir>/sweep_config.yaml --run_dir <run_dir> [--ckpt_path last]``, run with
-    this Python interpreter (so a sweep started from a virtual environment trains in it)."""
+    this Python interpreter (:func:`da_command`)."""
     run_dir = Path(run_dir)
-    argv = [sys.executable, "-c", "from da.cli import main; main()", "fit",
+    argv = [*da_command(), "fit",
             "--config", str(run_dir / "sweep_config.yaml"), "--run_dir", str(run_dir)]
     if resume:
         argv += ["--ckpt_path", "last"]

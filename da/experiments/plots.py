@@ -233,15 +233,6 @@ def plot_tsne(feats_s, feats_t, labels_s=None, labels_t=None, path: str | Path =
 # A metric against a sweep parameter
 # ----------------------------------------------------------------------------------------------------
 
-def _param_order(value) -> tuple:
-    """None first, then numbers ascending, then everything else by its text."""
-    if value is None:
-        return (0, 0.0, "")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (1, float(value), "")
-    return (2, 0.0, str(value))
-
-
 def param_series(records: Sequence[dict], param: str, metric: str = "test/target_acc", scale: float = 100.0,
                  by: Sequence[str] = ()) -> dict[str, dict[str, list[tuple]]]:
     """``{task: {method: [(value, mean, std, n), ...]}}``: ``metric`` x ``scale`` over the finished runs (seeds) of
@@ -249,7 +240,7 @@ def param_series(records: Sequence[dict], param: str, metric: str = "test/target
     ``by`` names other sweep parameters that split the method label (as ``da table --by``); std is the sample std
     (0 for one run)."""
     from da.experiments.records import metric_value
-    from da.experiments.tables import split_methods
+    from da.experiments.tables import mean_std, natural_key, split_methods
 
     finished = [r for r in records if r.get("status") == "finished"]
     with_param = [r for r in finished if param in ((r.get("sweep") or {}).get("params") or {})]
@@ -264,13 +255,11 @@ def param_series(records: Sequence[dict], param: str, metric: str = "test/target
             groups.setdefault((r["task"], r["method"], json.dumps(value)), []).append(y * scale)
     out: dict[str, dict[str, list[tuple]]] = {}
     for (task, method, value), ys in groups.items():
-        n = len(ys)
-        mean = sum(ys) / n
-        std = math.sqrt(sum((y - mean) ** 2 for y in ys) / (n - 1)) if n > 1 else 0.0
-        out.setdefault(task, {}).setdefault(method, []).append((json.loads(value), mean, std, n))
+        mean, std = mean_std(ys)
+        out.setdefault(task, {}).setdefault(method, []).append((json.loads(value), mean, std or 0.0, len(ys)))
     for methods in out.values():
         for pts in methods.values():
-            pts.sort(key=lambda p: _param_order(p[0]))
+            pts.sort(key=lambda p: natural_key(str(p[0])))
     return out
 
 
@@ -281,9 +270,11 @@ def plot_param(records: Sequence[dict], param: str, path: str | Path, metric: st
     one line per method; the values sit at evenly spaced positions labelled with their text (``none`` for null)."""
     from matplotlib.figure import Figure
 
+    from da.experiments.tables import natural_key
+
     series = param_series(records, param, metric=metric, scale=scale, by=by)
     values = sorted({json.dumps(p[0]) for m in series.values() for pts in m.values() for p in pts},
-                    key=lambda v: _param_order(json.loads(v)))
+                    key=lambda v: natural_key(str(json.loads(v))))
     pos = {v: i for i, v in enumerate(values)}
     tasks = sorted(series)
     fig = Figure(figsize=(4.6 * len(tasks) + 0.4, 4.0), layout="constrained")

@@ -213,15 +213,19 @@ def analyse(cfg: Dict[str, Any], out: Path) -> Dict[str, Any]:
         harmful_setting = ntg_results[name].gap > 0
         for k, r in runs.items():
             h = r["monitor"]["history"]
+
+            def scores(d: int) -> dict:  # the alarm with this benchmark's rule, as in the table above
+                return monitor_scores(h, d, steps, alarm_step=time_to_alarm(h, d, mon["threshold"], mon["patience"]))
+
             if s.num_sources == 1:
-                item = (harmful_setting, monitor_scores(h, 0, steps))
+                item = (harmful_setting, scores(0))
                 single["all single-source"].append(item)
                 if s.group == "label_noise":
                     single["label_noise"].append(item)
                     if s.harmful[0] or s.noise[0] == 0.0:
                         single["built"].append((s.harmful[0], item[1]))
             elif s.action == "warn":
-                multi += [(s.harmful[d], monitor_scores(h, d, steps)) for d in range(s.num_sources)]
+                multi += [(s.harmful[d], scores(d)) for d in range(s.num_sources)]
     add_auroc("label noise (truth: NTG > 0)", single["label_noise"])
     add_auroc("all single-source (+ far domain)", single["all single-source"])
     add_auroc(f"label noise, truth by construction (0% vs > {100 * float(cfg.get('harmful_noise', 0.5)):.0f}%)",
