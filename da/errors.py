@@ -15,3 +15,13 @@ def unknown_name(kind: str, name: str, known: Iterable[str]) -> ValueError:
         match = next(k for k in known if k.lower() == close[0])
         hint = f"; did you mean '{match}'?"
     return ValueError(f"unknown {kind} '{name}'{hint} known: {', '.join(known)}")
+
+
+class UserError(ValueError):
+    """A mistake in what the user gave (a config, a flag, a file, a checkpoint, data), not a bug in `da`.
+
+    The ``da`` command prints it as one line, ``da: error: <message>``, and exits with status 2; the message says
+    what is wrong, which file or value, and the fix. Raise it (or a subclass) wherever bad input is detected.
+    """
+
+    exit_code = 2
