@@ -86,6 +86,31 @@ def _build_cli_class():
                                  "trainer.log_every_n_steps": 25, "trainer.check_val_every_n_epoch": None,
                                  "trainer.val_check_interval": 500, "trainer.num_sanity_val_steps": 0})
 
+        def _parse_ckpt_path(self) -> None:
+            """LightningCLI merges a checkpoint's ``hyper_parameters`` over the command line here, so a checkpoint
+            could name code (``backbone: os.system``) and silently replace ``--model.lr``. The run's config comes
+            only from the command line and config files; a difference from the checkpoint is reported, not applied."""
+            sub = self.config.get("subcommand")
+            ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+            if not ckpt_path or not Path(ckpt_path).is_file():
+                return
+            from da.checkpoints import checkpoint_hparams
+
+            hparams = checkpoint_hparams(ckpt_path)
+            model = _namespace_to_dict(self.config[sub].get("model") or {})
+            model = model.get("init_args", model) if isinstance(model, dict) else {}
+            differ = sorted(k for k, v in hparams.items() if not k.startswith("_") and k in model
+                            and _namespace_to_dict(v) != model[k])
+            if differ:
+                print(f"[da] {ckpt_path} was trained with other model settings ({', '.join(differ)}); using the "
+                      "command line and config files, not the checkpoint's", file=sys.stderr)
+
+        def _prepare_subcommand_kwargs(self, subcommand: str) -> Dict[str, Any]:
+            kwargs = super()._prepare_subcommand_kwargs(subcommand)
+            if "ckpt_path" in kwargs:
+                kwargs["weights_only"] = True  # a checkpoint holds tensors and plain data, never code
+            return kwargs
+
         def before_instantiate_classes(self) -> None:
             self._t0 = time.time()
             self._started = now()

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from da.checkpoints import read_state_dict
 from da.errors import unknown_name
 from da.losses.base import AdaptationLoss, StepContext
 from da.models.backbones import Bottleneck, build_backbone
@@ -117,8 +118,7 @@ class TransferModule(pl.LightningModule):
         return self.features_and_logits(x)[1]
 
     def _load_init(self, path: str, init_head: str) -> None:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        state = ckpt.get("state_dict", ckpt)
+        state = read_state_dict(path)
         own = self.state_dict()
         keep_head = init_head != "never"
         skipped: List[str] = []

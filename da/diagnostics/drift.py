@@ -22,6 +22,8 @@ from typing import Callable, Dict, Mapping, Optional
 
 import torch
 
+from da.checkpoints import read_state_dict
+
 _BLOCK = re.compile(r"(?:^|\.)(layer|layers|blocks|h)\.(\d+)\.")
 
 
@@ -43,16 +45,9 @@ def state_dict_of(path: str | Path) -> Dict[str, torch.Tensor]:
             return load_file(str(st))
         pt = path / "pytorch_model.bin"
         if pt.exists():
-            return torch.load(pt, map_location="cpu", weights_only=True)
+            return read_state_dict(pt)
         raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
-    if not path.exists():
-        raise FileNotFoundError(path)
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(obj, Mapping) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"{path} holds a {type(obj).__name__}, not a state dict or a checkpoint")
-    return {k: v for k, v in obj.items() if torch.is_tensor(v)}
+    return read_state_dict(path)
 
 
 def weight_drift(weights: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], prefix: str = "",

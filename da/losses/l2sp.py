@@ -19,16 +19,14 @@ per-parameter norms, and the squared norms are accumulated in float32 whatever t
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from weakref import ref
 
 import torch
 from torch import nn
 
+from da.checkpoints import StateSource, read_state_dict  # noqa: F401  (the one checkpoint reader; re-exported)
 from da.losses.base import AdaptationLoss, StepContext
-
-StateSource = Union[str, Path, Mapping[str, torch.Tensor]]
 
 #: Prefix of the names of the loss terms' own parameters inside a ``TransferModule``.
 LOSS_PREFIX = "losses."
@@ -42,26 +40,6 @@ def escape_name(name: str) -> str:
 def unescape_name(name: str) -> str:
     """Inverse of :func:`escape_name`."""
     return name.replace("%2E", ".").replace("%25", "%")
-
-
-def read_state_dict(source: StateSource) -> Dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file or an in-memory state dict.
-
-    Accepts a Lightning checkpoint (``{"state_dict": {...}, ...}``, e.g. a ``TransferModule``'s ``last.ckpt``),
-    a plain ``state_dict`` saved with ``torch.save`` or a mapping of tensors. Files are read with
-    ``torch.load(weights_only=True)`` on the CPU.
-    """
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint '{path}' does not exist; pass the path of a .ckpt/.pt file "
-                                    "saved by `da fit` or torch.save(model.state_dict())")
-        source = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(source, Mapping):
-        raise TypeError(f"expected a state dict (a mapping of tensors), got {type(source).__name__}")
-    if "state_dict" in source and isinstance(source["state_dict"], Mapping):
-        source = source["state_dict"]
-    return {k: v for k, v in source.items() if isinstance(v, torch.Tensor)}
 
 
 def match_state(names: Sequence[str], state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

@@ -22,7 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from da.errors import unknown_name
+from da.checkpoints import read_state_dict
+from da.errors import UserError, unknown_name
 
 
 class LeNet(nn.Module):
@@ -105,7 +106,7 @@ class TorchvisionBackbone(nn.Module):
             raise unknown_name("torchvision model", name, known)
         model = torchvision.models.get_model(name, weights=None)
         if weights_path is not None:
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+            state = read_state_dict(weights_path)
             model.load_state_dict(state)
         elif pretrained:
             model.load_state_dict(_download_torchvision_weights(name))
@@ -200,8 +201,7 @@ def build_backbone(name: str, input_shape: Sequence[int], **kwargs: Any) -> nn.M
     if name == "branches":
         return _branches(input_shape, **kwargs)
     if "." in name:
-        module_name, cls_name = name.rsplit(".", 1)
-        cls = getattr(importlib.import_module(module_name), cls_name)
+        cls = _backbone_class(name)
         if "input_shape" in inspect.signature(cls).parameters:
             kwargs = {"input_shape": input_shape, **kwargs}
         backbone = cls(**kwargs)
@@ -215,6 +215,21 @@ def build_backbone(name: str, input_shape: Sequence[int], **kwargs: Any) -> nn.M
         return TorchvisionBackbone(name, in_channels=in_ch, **kwargs)
     known = ["lenet", "mlp", "linear", "hf", "branches", "resnet18", "resnet50", "<any torchvision model>", "<pkg.module.Class>"]
     raise unknown_name("backbone", name, known)
+
+
+def _backbone_class(path: str) -> type:
+    """The class a dotted ``--model.backbone`` names; only a subclass of ``torch.nn.Module`` is accepted, so a config
+    (or a checkpoint's hyper-parameters) can never make ``build_backbone`` call a function such as ``os.system``."""
+    module_name, _, cls_name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError) as err:
+        raise UserError(f"cannot import backbone '{path}' ({err}); give 'package.module.ClassName' of an importable "
+                        "nn.Module, or a built-in name (lenet, mlp, linear, hf, branches, a torchvision model)") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise UserError(f"backbone '{path}' is a {type(cls).__name__}, not a torch.nn.Module subclass; a dotted "
+                        "backbone must name an nn.Module class (with an int attribute `out_features`)")
+    return cls
 
 
 def _numel(shape: Sequence[int]) -> int:
