@@ -5,7 +5,7 @@ Grandvalet & Davoine, ICML 2018, with D starting points), against the two usual 
 
     da multisource --config configs/data/X.yaml --sources a/1 a/2 a/3 --target a/4 --out runs/multisource/a4
 
-Stages (each a ``da fit``, as a subprocess of the ``da`` command or in-process through :func:`da.cli.run_cli`):
+Stages (each a ``da fit``, as a subprocess of the ``da`` command or in-process through :func:`da.runs.cli_fit.run_cli`):
 
 1. **Sources** (``anchors``, ``branches``, ``single``): one source-only run per source domain,
    ``<out>/sources/<source>``, evaluated on the target as well (the direct-transfer accuracy). All source runs share
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -41,9 +40,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 import yaml
 
-from da.cli import _safe
 from da.errors import unknown_name
-from da.run_record import read_record
+from da.runs.lifecycle import LAUNCHES, LAST_CKPT, ensure_fitted, safe_name
+from da.runs.io import write_json_atomic
+from da.runs.record import read_record
 
 METHODS = ("anchors", "branches", "pooled", "single")
 ACC = "test/target_acc"
@@ -98,10 +98,12 @@ def fit(run_dir: Path, args: List[str], launcher: str = "subprocess") -> Dict[st
     Returns the record, with ``"reused": True`` when nothing was run. A run left unfinished resumes from its
     ``last.ckpt``. A finished run made with other arguments is an error (it would silently mix experiments).
     """
+    if launcher not in LAUNCHES:
+        raise unknown_name("launcher", launcher, LAUNCHES)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     marker = run_dir / "workflow.json"
-    rec = read_record(run_dir)
+    rec = read_record(run_dir, missing_ok=True)
     prev = json.loads(marker.read_text()) if marker.exists() else None
     # what the run is: its arguments and the text of its config files (a generated method config may change)
     ident = {"args": list(args), "configs": [Path(args[i + 1]).read_text() for i, a in enumerate(args[:-1])
@@ -109,28 +111,10 @@ def fit(run_dir: Path, args: List[str], launcher: str = "subprocess") -> Dict[st
     if rec and prev is not None and prev != ident:
         raise ValueError(f"{run_dir} holds a run made with other arguments or configs ({prev.get('args')}); "
                          "remove the directory or choose another --out")
-    if rec and rec.get("status") == "finished" and (run_dir / "checkpoints" / "last.ckpt").exists():
+    if rec and rec.get("status") == "finished" and (run_dir / LAST_CKPT).exists():
         return {**rec, "reused": True}
-    marker.write_text(json.dumps(ident, indent=1))
-    resume = ["--ckpt_path", "last"] if (run_dir / "checkpoints" / "last.ckpt").exists() else []
-    full = ["fit", *args, "--run_dir", str(run_dir), *resume]
-    if launcher == "subprocess":
-        from da.experiments.launchers import da_command
-
-        proc = subprocess.run([*da_command(), *full])
-        if proc.returncode != 0:
-            raise RuntimeError(f"da fit failed (exit {proc.returncode}) in {run_dir}: da {shlex.join(full)}")
-    elif launcher == "inprocess":
-        from da.cli import run_cli
-
-        run_cli(full)
-    else:
-        raise unknown_name("launcher", launcher, ("subprocess", "inprocess"))
-    rec = read_record(run_dir)
-    if not rec or rec.get("status") != "finished":
-        raise RuntimeError(f"da fit in {run_dir} did not finish (status {rec and rec.get('status')}); see its "
-                           "result.json")
-    return {**rec, "reused": False}
+    write_json_atomic(marker, ident)
+    return {**ensure_fitted(run_dir, args, LAUNCHES[launcher], what=f"da fit in {run_dir}"), "reused": False}
 
 
 def _load_yaml(path: Path) -> Dict[str, Any]:
@@ -186,7 +170,7 @@ def run_multisource(configs: Sequence[str], sources: Sequence[str], target: str,
         supervision: ``target`` (fine-tune on target labels only) or ``source+target``.
         overrides: extra ``da fit`` arguments for every run; ``source_overrides`` / ``target_overrides`` for one
             stage (e.g. ``["--trainer.max_steps", "500"]``).
-        launcher: ``subprocess`` (the ``da`` command) or ``inprocess`` (:func:`da.cli.run_cli`).
+        launcher: ``subprocess`` (the ``da`` command) or ``inprocess`` (:func:`da.runs.cli_fit.run_cli`).
         source_checkpoint: ``last`` or ``best`` (best source-validation accuracy) source checkpoint.
         method_configs: paths replacing ``configs/method/{anchors,branches,l2sp}.yaml``.
     """
@@ -238,7 +222,7 @@ def run_multisource(configs: Sequence[str], sources: Sequence[str], target: str,
     src_recs: Dict[str, Dict[str, Any]] = {}
     if set(methods) & {"anchors", "branches", "single"}:
         for s in sources:
-            src_recs[s] = source_run([s], _safe(s))
+            src_recs[s] = source_run([s], safe_name(s))
             summary["sources"][s] = note(src_recs[s])  # target_acc here: direct transfer, no target label
     checkpoints = [ckpt(src_recs[s]) for s in sources] if src_recs else []
     tdir = root / "target"
@@ -267,7 +251,7 @@ def run_multisource(configs: Sequence[str], sources: Sequence[str], target: str,
     if "single" in methods:
         per = {}
         for s in sources:
-            rec = target_run(tdir / "single" / _safe(s), [s], paths["l2sp"],
+            rec = target_run(tdir / "single" / safe_name(s), [s], paths["l2sp"],
                              ["--model.init_from", ckpt(src_recs[s]), "--model.method_name", "single+l2sp"])
             per[s] = note(rec)
         best = max(per, key=lambda s: per[s]["target_acc"] if per[s]["target_acc"] is not None else -1.0)
@@ -283,7 +267,7 @@ def run_multisource(configs: Sequence[str], sources: Sequence[str], target: str,
         summary["methods"]["pooled"] = note(rec)
 
     root.mkdir(parents=True, exist_ok=True)
-    (root / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(root / "summary.json", summary)
     return summary
 
 
@@ -362,7 +346,7 @@ def multisource_main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--l2sp-config", default=None)
     args, extra = p.parse_known_args(argv)
     shots = None if str(args.shots).lower() in ("all", "none", "null") else int(args.shots)
-    out = args.out or str(Path("runs") / "multisource" / _safe("+".join(args.sources) + "_to_" + args.target))
+    out = args.out or str(Path("runs") / "multisource" / safe_name("+".join(args.sources) + "_to_" + args.target))
     method_configs = {k: v for k, v in (("anchors", args.anchors_config), ("branches", args.branches_config),
                                         ("l2sp", args.l2sp_config)) if v}
     summary = run_multisource(args.config, args.sources, args.target, methods=args.method, out=out, seed=args.seed,

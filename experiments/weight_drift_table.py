@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from da.diagnostics import state_dict_of, weight_drift
-from da.experiments.records import load_records
+from da.runs.record import load_records
 from da.experiments.tables import mean_std, method_order, split_methods
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from da.experiments.records import RecordError, load_records, read_record, run_status, validate_record
+from da.runs.record import RecordError, load_records, read_record, run_status, validate_record
 
 
 def record(**kw) -> dict:

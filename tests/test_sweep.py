@@ -19,9 +19,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from da.experiments import launchers as L
-from da.experiments import sweep as S
-from da.experiments.records import load_records
+from da.runs import config as C
+from da.runs import lifecycle
+from da.runs.sweep import launchers as L
+from da.runs.sweep import plan as P
+from da.runs.sweep import spec as S
+from da.runs.sweep import wandb as W
+from da.runs.record import load_records
 from da.experiments.tables import make_table
 
 FAKE_FIT = textwrap.dedent(
@@ -108,30 +112,30 @@ def sweep_spec(grid=None, seeds=(0, 1), **extra) -> S.SweepSpec:
 def test_hash_is_sha1_of_sorted_canonical_json():
     cfg = {"b": {"y": [1, 2.0], "x": "s"}, "a": 1.0}
     expected = hashlib.sha1(b'{"a":1,"b":{"x":"s","y":[1,2]}}').hexdigest()[:12]
-    assert S.config_hash(cfg) == expected
+    assert C.config_hash(cfg) == expected
     assert len(expected) == 12
 
 
 def test_hash_stable_under_key_order_and_int_float_and_run_dir():
     a = {"model": {"lr": 0.001, "losses": [{"w": 1}]}, "seed_everything": 0}
     b = {"seed_everything": 0, "model": {"losses": [{"w": 1.0}], "lr": 1e-3}, "run_dir": "/elsewhere"}
-    assert S.config_hash(a) == S.config_hash(b)
+    assert C.config_hash(a) == C.config_hash(b)
     c = {"model": {"lr": 0.001, "losses": [{"w": 0.3}]}, "seed_everything": 0}
     d = {"model": {"lr": 0.001, "losses": [{"w": 1}]}, "seed_everything": 1}
-    assert len({S.config_hash(a), S.config_hash(c), S.config_hash(d)}) == 3
+    assert len({C.config_hash(a), C.config_hash(c), C.config_hash(d)}) == 3
 
 
 def test_hash_ignores_where_and_how_a_run_logs():
     a = {"model": {"lr": 0.1}, "trainer": {"max_steps": 5}}
     b = {"model": {"lr": 0.1}, "trainer": {"max_steps": 5, "logger": {"class_path": "WandbLogger"}},
          "run_dir": "x", "ckpt_path": "last"}
-    assert S.config_hash(a) == S.config_hash(b)
-    assert S.config_hash(a) != S.config_hash({"model": {"lr": 0.1}, "trainer": {"max_steps": 6}})
+    assert C.config_hash(a) == C.config_hash(b)
+    assert C.config_hash(a) != C.config_hash({"model": {"lr": 0.1}, "trainer": {"max_steps": 6}})
 
 
 def test_yaml_reads_exponent_floats(tmp_path):
     path = write(tmp_path / "x.yaml", "a: 1e-3\nb: [1e-4, 2.5E+2]\nc: 3\nd: '1e-3'\n")
-    assert S.load_yaml(path) == {"a": 0.001, "b": [0.0001, 250.0], "c": 3, "d": "1e-3"}
+    assert C.load_yaml(path) == {"a": 0.001, "b": [0.0001, 250.0], "c": 3, "d": "1e-3"}
 
 
 # ------------------------------------------------------------------------------------- merge, overrides
@@ -140,27 +144,27 @@ def test_yaml_reads_exponent_floats(tmp_path):
 def test_deep_merge_replaces_lists_and_changed_class_paths():
     base = {"model": {"lr": 1, "losses": [{"a": 1}], "opt": {"class_path": "SGD", "init_args": {"momentum": 0.9}}}}
     upd = {"model": {"losses": [], "opt": {"class_path": "Adam", "init_args": {"eps": 1}}, "wd": 0}}
-    assert S.deep_merge(base, upd) == {"model": {"lr": 1, "losses": [], "wd": 0,
+    assert C.deep_merge(base, upd) == {"model": {"lr": 1, "losses": [], "wd": 0,
                                                  "opt": {"class_path": "Adam", "init_args": {"eps": 1}}}}
     same = {"model": {"opt": {"class_path": "SGD", "init_args": {"lr": 2}}}}
-    assert S.deep_merge(base, same)["model"]["opt"]["init_args"] == {"momentum": 0.9, "lr": 2}
+    assert C.deep_merge(base, same)["model"]["opt"]["init_args"] == {"momentum": 0.9, "lr": 2}
     assert base["model"]["losses"] == [{"a": 1}]  # inputs untouched
 
 
 def test_set_dotted_with_list_indices_and_errors():
     cfg = {"model": {"losses": [{"init_args": {"weight": 1.0}}, {"init_args": {}}]}}
-    S.set_dotted(cfg, "model.losses[0].init_args.weight", 0.3)
-    S.set_dotted(cfg, "model.losses[1].init_args.alpha", 2)
-    S.set_dotted(cfg, "trainer.max_steps", 5)
+    C.set_dotted(cfg, "model.losses[0].init_args.weight", 0.3)
+    C.set_dotted(cfg, "model.losses[1].init_args.alpha", 2)
+    C.set_dotted(cfg, "trainer.max_steps", 5)
     assert cfg == {"model": {"losses": [{"init_args": {"weight": 0.3}}, {"init_args": {"alpha": 2}}]},
                    "trainer": {"max_steps": 5}}
-    assert S.parse_dotted("a.b[2][0].c") == ["a", "b", 2, 0, "c"]
+    assert C.parse_dotted("a.b[2][0].c") == ["a", "b", 2, 0, "c"]
     with pytest.raises(ValueError, match=r"index 2 is out of range, model.losses has 2 item"):
-        S.set_dotted(cfg, "model.losses[2].init_args.weight", 1)
+        C.set_dotted(cfg, "model.losses[2].init_args.weight", 1)
     with pytest.raises(ValueError, match="not a list"):
-        S.set_dotted(cfg, "trainer[0]", 1)
+        C.set_dotted(cfg, "trainer[0]", 1)
     with pytest.raises(ValueError, match="bad override key"):
-        S.parse_dotted("model..lr")
+        C.parse_dotted("model..lr")
 
 
 # -------------------------------------------------------------------------------------------- expansion
@@ -213,7 +217,7 @@ def test_list_of_grids_is_a_union_of_products(project):
     assert runs[0].config["model"]["losses"] == []
     assert len(S.expand(spec, only={"model.losses[0].init_args.weight": 1.0})) == 2
     with pytest.raises(ValueError, match="has 2 sub-grids; a W&B sweep has one parameter grid"):
-        S.wandb_sweep_config(spec)
+        W.wandb_sweep_config(spec)
 
 
 def test_describe_run_names_task_and_method(project, monkeypatch):
@@ -276,8 +280,8 @@ def test_skip_resume_retry_decisions(tmp_path):
     }
     for name, (kwargs, plain, retry) in cases.items():
         d = fake_run_dir(tmp_path, name, **kwargs)
-        assert S.decide(d) == plain, name
-        assert S.decide(d, retry_failed=True) == retry, name
+        assert lifecycle.decide(d) == plain, name
+        assert lifecycle.decide(d, retry_failed=True) == retry, name
 
 
 def test_fit_command_resumes_from_last(tmp_path):
@@ -294,7 +298,7 @@ def test_sweep_runs_skips_and_records_failures(project, capsys):
     spec = sweep_spec(grid={"method": ["configs/method/erm.yaml", "configs/method/dann.yaml"], "fail": [False, True]},
                       seeds=[0])
     build = fake_builder(project)
-    summary = S.run_sweep(spec, out="out", command_builder=build)
+    summary = P.run_sweep(spec, out="out", command_builder=build)
     assert (summary.total, summary.launched, summary.finished, len(summary.failed)) == (4, 4, 2, 2)
     assert all(err == "RuntimeError: boom" for _, err in summary.failed)
     progress = capsys.readouterr().err
@@ -309,18 +313,18 @@ def test_sweep_runs_skips_and_records_failures(project, capsys):
     assert sorted(r["sweep"]["params"]["method"] for r in finished) == ["configs/method/dann.yaml", "configs/method/erm.yaml"]
     # each run dir holds the resolved config it was launched with, and is named by its hash
     for r in records:
-        cfg = S.load_yaml(Path(r["run_dir"]) / "sweep_config.yaml")
-        assert S.config_hash(cfg) == Path(r["run_dir"]).name
+        cfg = C.load_yaml(Path(r["run_dir"]) / "sweep_config.yaml")
+        assert C.config_hash(cfg) == Path(r["run_dir"]).name
     # the failed runs are excluded from the table and counted in its caption
     table = make_table(records, digits=2)
     assert "Excluded: 2 failed runs." in table
     assert "| m->u | 55.00 | **65.00** |" in table  # erm 0.5 + 0.05; dann weight 1.0 adds 0.1
     # re-running: nothing to do; failed runs are skipped unless --retry-failed
     n = len(calls(project))
-    again = S.run_sweep(spec, out="out", command_builder=build)
+    again = P.run_sweep(spec, out="out", command_builder=build)
     assert (again.launched, again.already_finished, again.skipped_failed) == (0, 2, 2)
     assert len(calls(project)) == n
-    retried = S.run_sweep(spec, out="out", command_builder=build, retry_failed=True)
+    retried = P.run_sweep(spec, out="out", command_builder=build, retry_failed=True)
     assert retried.launched == 2 and len(calls(project)) == n + 2
     assert all(not c["resume"] for c in calls(project)[n:])  # a retry starts fresh
 
@@ -335,7 +339,7 @@ def test_failed_record_written_by_the_run_is_kept(project):
         sys.exit(1)
     """))
     spec = sweep_spec(grid={"method": ["configs/method/erm.yaml"]}, seeds=[0])
-    summary = S.run_sweep(spec, out="out", command_builder=lambda d, r: [sys.executable, str(script), "--run_dir", str(d)])
+    summary = P.run_sweep(spec, out="out", command_builder=lambda d, r: [sys.executable, str(script), "--run_dir", str(d)])
     assert summary.failed == [(S.expand(spec)[0].hash, "ValueError: bad lr")]
     (record,) = load_records("out")
     assert record["error"] == "Traceback\nValueError: bad lr"
@@ -347,7 +351,7 @@ def test_dry_run_lists_runs_without_launching(project):
     import io
 
     buf = io.StringIO()
-    summary = S.run_sweep(spec, out="out", command_builder=fake_builder(project), dry_run=True, log=buf)
+    summary = P.run_sweep(spec, out="out", command_builder=fake_builder(project), dry_run=True, log=buf)
     lines = buf.getvalue().splitlines()
     assert lines[0].split() == ["hash", "action", "status", "seed", "task", "method", "params"]
     assert len(lines) == 1 + 8 + 1 and lines[-1] == "8 runs: 8 run"
@@ -361,7 +365,7 @@ DRIVER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_sweep import fake_builder, sweep_spec
     from pathlib import Path
-    from da.experiments.sweep import run_sweep
+    from da.runs.sweep.plan import run_sweep
     run_sweep(sweep_spec(), out=sys.argv[1], command_builder=fake_builder(Path.cwd()))
     """
 )
@@ -398,14 +402,14 @@ def test_killed_sweep_resumes_only_what_is_missing_and_gives_the_same_table(proj
     assert 3 <= len(finished_before) < 8
     n_calls = len(calls(project))
 
-    summary = S.run_sweep(sweep_spec(), out="killed", command_builder=fake_builder(project))
+    summary = P.run_sweep(sweep_spec(), out="killed", command_builder=fake_builder(project))
     rerun = calls(project)[n_calls:]
     assert summary.already_finished == len(finished_before)
     assert {c["run"] for c in rerun} == {r.hash for r in S.expand(sweep_spec())} - finished_before
     assert len(rerun) == 8 - len(finished_before)
     assert {c["run"] for c in rerun if c["resume"]} == interrupted
 
-    S.run_sweep(sweep_spec(), out="clean", command_builder=fake_builder(project))
+    P.run_sweep(sweep_spec(), out="clean", command_builder=fake_builder(project))
     assert make_table(load_records("killed")) == make_table(load_records("clean"))
     assert len(load_records("killed")) == 8
 
@@ -415,7 +419,7 @@ def test_killed_sweep_resumes_only_what_is_missing_and_gives_the_same_table(proj
 
 def test_local_gpus_launcher_gives_each_run_one_gpu(project):
     spec = sweep_spec()
-    summary = S.run_sweep(spec, out="out", command_builder=fake_builder(project),
+    summary = P.run_sweep(spec, out="out", command_builder=fake_builder(project),
                           launcher=L.LocalGPUsLauncher(gpus=[3, 5]))
     assert summary.finished == 8
     assert sorted({c["gpu"] for c in calls(project)}) == ["3", "5"]
@@ -437,19 +441,19 @@ def test_unknown_launcher_and_missing_submitit():
 
 def test_wandb_env_groups_tags_and_names(project, monkeypatch):
     monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
-    env = L.wandb_env("abl", "0123456789ab", "m->u", "dann", 2)
+    env = W.wandb_env("abl", "0123456789ab", "m->u", "dann", 2)
     assert env == {"WANDB_RUN_GROUP": "abl", "WANDB_TAGS": "task:m->u,method:dann,seed:2",
                    "WANDB_NAME": "0123456789ab", "WANDB_RUN_ID": "abl-0123456789ab", "WANDB_RESUME": "allow"}
     monkeypatch.setenv("WANDB_SWEEP_ID", "s1")
-    assert set(L.wandb_env("abl", "0123456789ab", "m->u", "dann", 2)) == {"WANDB_RUN_GROUP", "WANDB_TAGS"}
+    assert set(W.wandb_env("abl", "0123456789ab", "m->u", "dann", 2)) == {"WANDB_RUN_GROUP", "WANDB_TAGS"}
     monkeypatch.delenv("WANDB_SWEEP_ID")
-    S.run_sweep(sweep_spec(seeds=[0]), out="out", command_builder=fake_builder(project), wandb=True)
+    P.run_sweep(sweep_spec(seeds=[0]), out="out", command_builder=fake_builder(project), wandb=True)
     assert {c["group"] for c in calls(project)} == {"abl"}
 
 
 def test_wandb_sweep_export_structure(project):
     spec = sweep_spec(grid={"method": ["configs/method/erm.yaml"], "model.lr": [0.1, 0.01]}, seeds=[0, 1])
-    cfg = S.wandb_sweep_config(spec, "experiments/abl.yaml")
+    cfg = W.wandb_sweep_config(spec, "experiments/abl.yaml")
     assert cfg == {
         "name": "abl", "method": "grid", "metric": {"name": "val/source_acc", "goal": "maximize"},
         "parameters": {"method": {"values": ["configs/method/erm.yaml"]}, "model.lr": {"values": [0.1, 0.01]},
@@ -459,12 +463,12 @@ def test_wandb_sweep_export_structure(project):
     rnd = sweep_spec(grid={"method": ["configs/method/erm.yaml"]}, seeds=[0],
                      random={"n": 3, "space": {"model.lr": {"log_uniform": [1e-4, 0.1]},
                                                "data.batch_size": {"int_uniform": [8, 64]}}})
-    cfg = S.wandb_sweep_config(rnd, "x.yaml")
+    cfg = W.wandb_sweep_config(rnd, "x.yaml")
     assert cfg["method"] == "random"
     assert cfg["parameters"]["model.lr"] == {"distribution": "log_uniform_values", "min": 1e-4, "max": 0.1}
     assert cfg["parameters"]["data.batch_size"] == {"distribution": "int_uniform", "min": 8, "max": 64}
     # a point as a W&B agent passes it (${args_no_hyphens}) selects exactly one run of the sweep
-    from da.experiments.commands import _key_values
+    from da.runs.sweep.command import _key_values
 
     point = _key_values(["method=configs/method/erm.yaml", "model.lr=0.01", "seed=1"], "--only")
     (run,) = S.expand(spec, only=point)
@@ -475,7 +479,7 @@ def test_inprocess_launcher_runs_real_fits_and_records_failures(tmp_path):
     """Two real (tiny) `da fit` runs inside the sweep's process: one finishes, one fails and is recorded as failed."""
     import json as _json
 
-    from da.experiments.sweep import load_sweep, run_sweep
+    from da.runs.sweep import load_sweep, run_sweep
 
     base = tmp_path / "blobs.yaml"
     base.write_text(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from da.experiments.commands import table_main
-from da.experiments.records import load_records
+from da.runs.record import load_records
 from da.experiments.tables import make_table, mean_std
 
 # test/target_acc per (task, method) over seeds 0, 1, 2. By hand (x100, sample std with n - 1 = 2):

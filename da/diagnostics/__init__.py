@@ -21,7 +21,7 @@ from typing import Any
 
 _EXPORTS = {
     "negative_transfer_gap": "ntg", "NTGResult": "ntg", "load_outcome": "ntg",
-    "NegativeTransferMonitor": "monitor", "proxy_a_distance": "monitor",
+    "NegativeTransferMonitor": "monitor", "proxy_a_distance": "signals",
     "logme": "transferability", "leep": "transferability", "nce": "transferability",
     "h_score": "transferability", "kendall_tau": "transferability", "rank_sources": "transferability",
     "Ranking": "transferability",

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -43,10 +42,6 @@ def _target_of(task: str) -> str:
     return task.split("->")[-1]
 
 
-def _safe(name: str) -> str:
-    return name.replace("->", "_to_").replace("/", "-").replace("+", "_")
-
-
 def _data_config(record: Dict[str, Any]) -> Dict[str, Any]:
     data = (record.get("config") or {}).get("data") or {}
     return data.get("init_args", data) if isinstance(data, dict) else {}
@@ -54,7 +49,7 @@ def _data_config(record: Dict[str, Any]) -> Dict[str, Any]:
 
 def load_runs(paths: Sequence[Any]) -> tuple:
     """Finished records under ``paths`` (run / sweep dirs or result.json files) and notes about skipped ones."""
-    from da.experiments.records import load_records
+    from da.runs.record import load_records
 
     records, notes = [], []
     for rec in load_records([Path(p) for p in paths], strict=False):
@@ -116,36 +111,21 @@ def _are_records(items: Sequence[Any]) -> bool:
     return bool(items) and all(isinstance(i, dict) for i in items)
 
 
-def default_launcher(argv: List[str]) -> int:
-    """Run ``da <argv>`` in a subprocess with this interpreter; returns its exit code."""
-    return subprocess.call([sys.executable, "-c", "from da.cli import main; main()", *argv])
-
-
 def run_missing_baselines(task: str, baseline_configs: Sequence[str], seeds: Sequence[int], runs_root: Any,
                           launcher: Optional[Launcher] = None) -> List[Path]:
-    """Baseline run directories ``<runs_root>/baselines/<task>/seed<s>``, launching ``fit`` for each seed whose
-    record is missing or not finished. Returns the run directories of all requested seeds."""
-    from da.experiments.records import run_status
+    """Baseline run directories ``<runs_root>/baselines/<task>/seed<s>``, each fitted unless finished, else resumed
+    (:func:`da.runs.lifecycle.ensure_fitted`). ``launcher(argv) -> exit status`` runs ``da <argv>`` (default: a
+    subprocess). Returns the run directories of all requested seeds."""
+    from da.runs.lifecycle import ensure_fitted, safe_name
 
     if not baseline_configs:
         raise ValueError("--baseline-config is required to launch missing baselines (the YAML of the same recipe "
                          "without the source, e.g. data.supervision: target)")
-    launcher = launcher or default_launcher
     dirs = []
     for s in seeds:
-        run_dir = Path(runs_root) / "baselines" / _safe(task) / f"seed{s}"
-        status = run_status(run_dir)
-        if status != "finished":
-            argv = ["fit"]
-            for cfg in baseline_configs:
-                argv += ["--config", str(cfg)]
-            argv += ["--seed_everything", str(s), "--run_dir", str(run_dir)]
-            if status in ("failed", "running") and (run_dir / "checkpoints" / "last.ckpt").is_file():
-                argv += ["--ckpt_path", "last"]
-            code = launcher(argv)
-            if code != 0 or run_status(run_dir) != "finished":
-                raise RuntimeError(f"baseline run for seed {s} did not finish (exit code {code}); see "
-                                   f"{run_dir}/result.json and its log, fix the config, and re-run da detect")
+        run_dir = Path(runs_root) / "baselines" / safe_name(task) / f"seed{s}"
+        args = [a for cfg in baseline_configs for a in ("--config", str(cfg))] + ["--seed_everything", str(s)]
+        ensure_fitted(run_dir, args, launcher, what=f"baseline run for seed {s}")
         dirs.append(run_dir)
     return dirs
 

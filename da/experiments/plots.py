@@ -239,7 +239,7 @@ def param_series(records: Sequence[dict], param: str, metric: str = "test/target
     each task, method and value of the sweep parameter ``param``, values ordered (None first, then numbers).
     ``by`` names other sweep parameters that split the method label (as ``da table --by``); std is the sample std
     (0 for one run)."""
-    from da.experiments.records import metric_value
+    from da.runs.record import metric_value
     from da.experiments.tables import mean_std, natural_key, split_methods
 
     finished = [r for r in records if r.get("status") == "finished"]

@@ -77,7 +77,7 @@ class BranchesBackbone(nn.Module):
         """One branch per checkpoint: ``factory()`` builds a fresh backbone, loaded (strictly) from the
         checkpoint's ``prefix``-ed tensors (a ``TransferModule`` checkpoint) or from a plain backbone state dict.
         """
-        from da.losses.l2sp import read_state_dict  # checkpoint reading is shared with the penalties
+        from da.checkpoints import read_state_dict
 
         branches: List[nn.Module] = []
         for ckpt in checkpoints:
