@@ -1,0 +1,196 @@
+"""Concurrency and faults: run-directory locks, two sweeps on one folder, kill -9 of a sweep, kill-and-resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pytorch_lightning.callbacks import Callback
+
+from da.errors import UserError
+from da.runs import locks
+from da.runs.cli_fit import run_cli
+from da.runs.io import write_json_atomic
+from tests.helpers import BLOBS_ARGS, fit_args
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+
+
+class SleepEveryStep(Callback):
+    """Makes a tiny run slow enough to be killed halfway (used by the subprocess below)."""
+
+    def __init__(self, seconds: float = 0.05):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        time.sleep(self.seconds)
+
+
+FAKE_FIT = textwrap.dedent("""
+    import json, os, sys, time
+    args = sys.argv[1:]
+    run_dir = args[args.index("--run_dir") + 1]
+    with open(os.environ["FAKE_LOG"], "a") as f:
+        f.write(json.dumps({"run": os.path.basename(run_dir), "pid": os.getpid()}) + "\\n")
+    base = {"schema": 1, "task": "a->b", "method": "erm", "seed": 0, "run_dir": run_dir, "error": None}
+    json.dump({**base, "status": "running", "metrics": {}}, open(os.path.join(run_dir, "result.json"), "w"))
+    with open(os.path.join(run_dir, "metrics.csv"), "w") as f:
+        f.write("step,train/loss\\n")
+        for step in range(5):
+            f.write(f"{step},{1.0 / (step + 1)}\\n")
+            f.flush()
+            time.sleep(float(os.environ.get("FAKE_SLEEP", "0")) / 5)
+    json.dump({**base, "status": "finished", "metrics": {"test/target_acc": 0.5}},
+              open(os.path.join(run_dir, "result.json"), "w"))
+""")
+
+SWEEP = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from da.runs.sweep.plan import run_sweep
+    from da.runs.sweep.spec import parse_sweep
+    root = Path(sys.argv[1])
+    spec = parse_sweep({"name": "s", "base": [str(root / "base.yaml")],
+                        "grid": {"model.lr": [0.1, 0.2, 0.3, 0.4]}, "seeds": [0, 1]})
+    def build(run_dir, resume):
+        return [sys.executable, str(root / "fake_fit.py"), "--run_dir", str(run_dir)]
+    s = run_sweep(spec, out=str(root / "out"), command_builder=build)
+    print(json.dumps({"finished": s.finished, "elsewhere": s.elsewhere, "failed": s.failed,
+                      "already": s.already_finished}))
+""")
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "base.yaml").write_text("model: {backbone: mlp}\ndata: {sources: [a], target: b}\n")
+    (tmp_path / "fake_fit.py").write_text(FAKE_FIT)
+    (tmp_path / "sweep.py").write_text(SWEEP)
+    return tmp_path
+
+
+def _sweep(root: Path, sleep: float) -> subprocess.Popen:
+    env = {**ENV, "FAKE_LOG": str(root / "calls.jsonl"), "FAKE_SLEEP": str(sleep)}
+    return subprocess.Popen([sys.executable, str(root / "sweep.py"), str(root)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _calls(root: Path) -> list:
+    path = root / "calls.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")  # a zombie waiting for init to reap it is dead
+    except (OSError, IndexError):
+        return False
+
+
+def test_two_concurrent_sweeps_launch_every_run_once(project):
+    a, b = _sweep(project, 0.5), _sweep(project, 0.5)
+    outs = [json.loads(p.communicate(timeout=240)[0].strip().splitlines()[-1]) for p in (a, b)]
+    assert a.returncode == 0 and b.returncode == 0
+    runs = [c["run"] for c in _calls(project)]
+    assert len(runs) == 8 and len(set(runs)) == 8  # every run launched exactly once
+    assert sum(o["finished"] for o in outs) == 8 and all(o["failed"] == [] for o in outs)
+    for run_dir in (project / "out" / "s").iterdir():
+        assert json.loads((run_dir / "result.json").read_text())["status"] == "finished"
+        rows = list(csv.reader((run_dir / "metrics.csv").open()))
+        assert rows[0] == ["step", "train/loss"] and [r[0] for r in rows[1:]] == ["0", "1", "2", "3", "4"]
+        assert all(len(r) == 2 for r in rows)
+
+
+def test_kill_9_of_a_sweep_leaves_no_orphan_and_a_restart_finishes(project):
+    sweep = _sweep(project, 60.0)
+    deadline = time.time() + 60
+    while not _calls(project) and time.time() < deadline:
+        time.sleep(0.05)
+    (first,) = _calls(project)
+    assert _alive(first["pid"])
+    os.kill(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    deadline = time.time() + 15
+    while _alive(first["pid"]) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _alive(first["pid"]), "the sweep's child outlived it"
+    again = _sweep(project, 0.0)
+    out = json.loads(again.communicate(timeout=240)[0].strip().splitlines()[-1])
+    assert out["elsewhere"] == [] and out["failed"] == [] and out["finished"] == 8
+
+
+def test_fit_refuses_a_run_directory_held_by_another_process(tmp_path):
+    run = tmp_path / "r"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from da.runs import locks; "
+                               f"assert locks.try_lock({str(run)!r}) is not None; print('held', flush=True); "
+                               "time.sleep(60)"], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=rf"run directory {run} is in use by another live process \(pid "
+                                            rf"{holder.pid}\)"):
+            run_cli(fit_args(run, ["--trainer.max_steps", "5"]))
+        assert locks.try_lock(run) is None
+    finally:
+        holder.kill()
+        holder.wait()
+    assert locks.try_lock(run) is not None  # released by the kernel with its holder
+    locks.release(run)
+    run_cli(fit_args(run, ["--trainer.max_steps", "5", "--trainer.val_check_interval", "5"]))
+    assert json.loads((run / "result.json").read_text())["status"] == "finished"
+
+
+def test_concurrent_atomic_writes_leave_one_whole_file(tmp_path):
+    path = tmp_path / "result.json"
+
+    def writer(k):
+        for i in range(100):
+            write_json_atomic(path, {"writer": k, "i": i, "pad": "x" * 5000})
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    data = json.loads(path.read_text())
+    assert data["i"] == 99 and len(data["pad"]) == 5000
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temporary file left behind
+
+
+def _rows(path: Path) -> list:
+    with path.open() as f:
+        return sorted((tuple(sorted((k, v) for k, v in r.items() if v != "")) for r in csv.DictReader(f)))
+
+
+def test_kill_and_resume_keeps_every_metrics_row_and_the_first_start(tmp_path):
+    extra = ["--trainer.max_steps", "40", "--trainer.log_every_n_steps", "5"]
+    run_cli(fit_args(tmp_path / "full", extra))
+    cut = tmp_path / "cut"
+    slow = json.dumps({"class_path": "tests.test_faults.SleepEveryStep", "init_args": {"seconds": 0.1}})
+    proc = subprocess.Popen([sys.executable, "-c", "from da.cli import main; main()",
+                             *fit_args(cut, [*extra, "--trainer.callbacks", slow])], env=ENV, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not (cut / "checkpoints" / "last.ckpt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.5)  # a few steps past the checkpoint of step 20
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = json.loads((cut / "result.json").read_text())
+    assert first["status"] == "running" and [h["step"] for h in first["history"]] == [20]
+    run_cli(fit_args(cut, [*extra, "--ckpt_path", "last"]))
+    rec = json.loads((cut / "result.json").read_text())
+    assert rec["status"] == "finished" and [h["step"] for h in rec["history"]] == [20, 40]
+    assert _rows(cut / "metrics.csv") == _rows(tmp_path / "full" / "metrics.csv")
+    assert len(rec["segments"]) == 2 and rec["started_at"] == first["started_at"]
+    assert rec["wall_time_s"] == pytest.approx(sum(s["wall_time_s"] for s in rec["segments"]), abs=0.01)
+    assert rec["segments"][0]["wall_time_s"] > 0
