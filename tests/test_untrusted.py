@@ -28,7 +28,8 @@ def test_malicious_checkpoint_runs_nothing_under_test_and_fit(tmp_path, capsys):
     run_cli(fit_args(tmp_path / "t", ["--ckpt_path", str(evil)], command="test"))
     assert not pwned.exists()
     err = capsys.readouterr().err
-    assert "backbone" in err and "backbone_args" in err and "lr" in err  # the one line naming the keys that differ
+    (line,) = [ln for ln in err.splitlines() if "other model settings" in ln]  # one line naming the keys that differ
+    assert "(backbone, backbone_args, lr)" in line
     rec = json.loads((tmp_path / "t" / "result.json").read_text())
     assert rec["status"] == "finished" and rec["config"]["model"]["backbone"] == "mlp"
 
