@@ -46,9 +46,6 @@ Under DDP the cosines and health signals are averaged over ranks before any deci
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -366,12 +363,11 @@ class NegativeTransferMonitor(pl.Callback):
         run_dir = self.run_dir or getattr(trainer, "default_root_dir", None)
         if not trainer.is_global_zero or not run_dir:
             return
-        path = Path(run_dir) / "result.json"
-        if path.is_file():
-            record = self.merge_into_record(json.loads(path.read_text()))
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(record, indent=2))
-            os.replace(tmp, path)
+        from da.runs.record import raw_record, write_record
+
+        record = raw_record(run_dir)
+        if record is not None:
+            write_record(run_dir, self.merge_into_record(record))
 
     def state_dict(self) -> Dict[str, Any]:
         return {"ema": dict(self.ema), "below": dict(self.below), "alarms": list(self.alarms),

@@ -135,7 +135,12 @@ def load_outcome(run: Union[str, Path, Dict[str, Any]]) -> RunOutcome:
         else:
             run_dir, rec_path = p, p / "result.json"
         if rec_path.is_file():
-            record = json.loads(rec_path.read_text())
+            from da.runs.record import raw_record
+
+            if rec_path.name == "result.json":
+                record = raw_record(rec_path.parent) or {}
+            else:
+                record = json.loads(rec_path.read_text())
     preds = run_dir / "predictions.pt" if run_dir is not None else None
     if preds is not None and preds.is_file():
         import torch

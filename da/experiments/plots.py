@@ -15,7 +15,6 @@ scikit-learn are imported only when a plot is drawn.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -39,28 +38,28 @@ def find_metrics_csv(run_dir: str | Path) -> Optional[Path]:
 
 def read_metrics_csv(path: str | Path) -> dict[str, list[tuple[int, float]]]:
     """``{key: [(step, value), ...]}`` from a CSVLogger file, skipping empty cells; sorted by step."""
+    from da.runs.metrics_csv import read_rows
+
     series: dict[str, list[tuple[int, float]]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            step = row.get("step")
-            if step in (None, ""):
+    for row in read_rows(Path(path))[1]:
+        step = row.get("step")
+        if step in (None, ""):
+            continue
+        step_i = int(float(step))
+        for key, value in row.items():
+            if key in ("step", "epoch") or value in (None, ""):
                 continue
-            step_i = int(float(step))
-            for key, value in row.items():
-                if key in ("step", "epoch") or value in (None, ""):
-                    continue
-                try:
-                    series.setdefault(key, []).append((step_i, float(value)))
-                except ValueError:
-                    continue
+            try:
+                series.setdefault(key, []).append((step_i, float(value)))
+            except ValueError:
+                continue
     return {k: sorted(v) for k, v in series.items()}
 
 
 def _series_from_history(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    try:
-        record = json.loads((run_dir / "result.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    from da.runs.record import raw_record
+
+    record = raw_record(run_dir) or {}
     series: dict[str, list[tuple[int, float]]] = {}
     for row in record.get("history") or []:
         for key, value in row.items():
@@ -70,10 +69,12 @@ def _series_from_history(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def _run_label(run_dir: Path) -> str:
+    from da.runs.record import raw_record
+
     try:
-        r = json.loads((run_dir / "result.json").read_text())
+        r = raw_record(run_dir) or {}
         return f"{r['method']} {r['task']} s{r['seed']}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return run_dir.name
 
 
