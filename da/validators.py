@@ -18,13 +18,10 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 
+# one home for these two: the ``ent`` and ``bnm`` training losses use the same functions
+from da.losses.confusion import batch_nuclear_norm, prediction_entropy
 
-def prediction_entropy(probs: torch.Tensor) -> torch.Tensor:
-    return -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
-
-
-def batch_nuclear_norm(probs: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.svdvals(probs.float()).sum() / probs.shape[0]
+__all__ = ["prediction_entropy", "batch_nuclear_norm", "soft_neighborhood_density", "unsupervised_scores"]
 
 
 def soft_neighborhood_density(probs: torch.Tensor, tau: float = 0.05, max_samples: int = 2000) -> torch.Tensor:

@@ -12,9 +12,12 @@ from typing import Any, Dict, Mapping, Type, Union
 from da.losses.adversarial import (CDAN, DomainAdversarialLoss, DomainDiscriminator, GradientReversal,
                                    grad_reverse)
 from da.losses.base import AdaptationLoss, StepContext
+from da.losses.confusion import BatchNuclearNorm, EntropyMinimization, InformationMaximization, MinimumClassConfusion
 from da.losses.discrepancy import CORAL, JMMD, MKMMD, MMD, gaussian_kernel_matrix, pairwise_sq_dists
 from da.losses.l2sp import L2, L2SP
+from da.losses.margin import MarginDisparityDiscrepancy
 from da.losses.multisource import BranchL2SP, MultiSourceAnchors
+from da.losses.spectral import AdaptiveFeatureNorm, BatchSpectralPenalty
 
 LOSSES: Dict[str, Type[AdaptationLoss]] = {
     "l2sp": L2SP,
@@ -30,6 +33,15 @@ LOSSES: Dict[str, Type[AdaptationLoss]] = {
     "jmmd": JMMD,
     "jan": JMMD,
     "coral": CORAL,
+    "ent": EntropyMinimization,
+    "entropy": EntropyMinimization,
+    "im": InformationMaximization,
+    "bnm": BatchNuclearNorm,
+    "mcc": MinimumClassConfusion,
+    "bsp": BatchSpectralPenalty,
+    "afn": AdaptiveFeatureNorm,
+    "safn": AdaptiveFeatureNorm,
+    "mdd": MarginDisparityDiscrepancy,
 }
 
 
@@ -74,4 +86,6 @@ def build_loss(spec: Union[str, Mapping[str, Any], AdaptationLoss]) -> Adaptatio
 
 __all__ = ["AdaptationLoss", "StepContext", "L2SP", "L2", "MultiSourceAnchors", "BranchL2SP", "GradientReversal",
            "grad_reverse", "DomainDiscriminator", "DomainAdversarialLoss", "CDAN", "MMD", "MKMMD", "JMMD", "CORAL",
-           "gaussian_kernel_matrix", "pairwise_sq_dists", "LOSSES", "build_loss"]
+           "EntropyMinimization", "InformationMaximization", "BatchNuclearNorm", "MinimumClassConfusion",
+           "BatchSpectralPenalty", "AdaptiveFeatureNorm", "MarginDisparityDiscrepancy", "gaussian_kernel_matrix",
+           "pairwise_sq_dists", "LOSSES", "build_loss"]

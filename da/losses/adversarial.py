@@ -106,6 +106,15 @@ def _feature_dim(module: nn.Module) -> int:
     raise TypeError(f"cannot tell the feature size of {type(module).__name__}; pass in_features=...")
 
 
+def _num_classes(module: nn.Module) -> int:
+    """The number of classes of a TransferModule-like model (``classifier.out_features`` or ``num_classes``)."""
+    clf = getattr(module, "classifier", None)
+    num_classes = clf.out_features if isinstance(clf, nn.Linear) else getattr(module, "num_classes", None)
+    if num_classes is None:
+        raise TypeError(f"cannot tell the number of classes of {type(module).__name__}; pass num_classes=...")
+    return int(num_classes)
+
+
 class DomainAdversarialLoss(AdaptationLoss):
     """DANN: ``1/2 [BCE(D(GRL_lambda(f_s)), 1) + BCE(D(GRL_lambda(f_t)), 0)]``, discriminator accuracy logged.
 
@@ -252,12 +261,7 @@ class CDAN(DomainAdversarialLoss):
         if self.discriminator is not None:
             return
         in_features = self.in_features if self.in_features is not None else _feature_dim(module)
-        num_classes = self.num_classes
-        if num_classes is None:
-            clf = getattr(module, "classifier", None)
-            num_classes = clf.out_features if isinstance(clf, nn.Linear) else getattr(module, "num_classes", None)
-        if num_classes is None:
-            raise TypeError(f"cannot tell the number of classes of {type(module).__name__}; pass num_classes=...")
+        num_classes = self.num_classes if self.num_classes is not None else _num_classes(module)
         self.build(in_features, int(num_classes))
 
     def multilinear(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
