@@ -247,13 +247,17 @@ def run_cli(args: Optional[List[str]] = None):
     cls = _build_cli_class()
     from da.data.datamodule import DomainDataModule
     from da.module import TransferModule
+    from da.resources import resolve_config_args
 
+    args = resolve_config_args(sys.argv[1:] if args is None else args)  # --config quickstart: a packaged config
     return cls(TransferModule, DomainDataModule, args=args, save_config_kwargs={"overwrite": True},
                auto_configure_optimizers=False)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     from_command_line = argv is None
+    if from_command_line and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # user modules (class_path: my_project.x) import from here, as with python -m
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         extra = "\n".join(f"  {name:<12} {desc}" for name, (_, _, desc) in EXTRA_COMMANDS.items())
