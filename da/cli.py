@@ -70,6 +70,7 @@ def _build_cli_class():
 
     from da.data.datamodule import DomainDataModule
     from da.module import TransferModule
+    from da.progress_bar import add_progress_bar
     from da.run_record import SCHEMA, config_hash, git_commit, now, read_record, versions, write_record
 
     class DACLI(LightningCLI):
@@ -127,6 +128,7 @@ def _build_cli_class():
                 callbacks.append(ModelCheckpoint(dirpath=str(self.run_dir / "checkpoints"), filename="best",
                                                  monitor="val/source_acc", mode="max", save_last=True,
                                                  enable_version_counter=False))
+            add_progress_bar(config, callbacks)  # one bar: global step / total, ETA, key metrics
             return super()._instantiate_trainer(config, callbacks)
 
         def _adopt_existing_metrics(self, csv_logger) -> None:
@@ -247,9 +249,11 @@ def run_cli(args: Optional[List[str]] = None):
     cls = _build_cli_class()
     from da.data.datamodule import DomainDataModule
     from da.module import TransferModule
+    from da.quiet import quiet_known_noise
     from da.resources import resolve_config_args
 
-    args = resolve_config_args(sys.argv[1:] if args is None else args)  # --config quickstart: a packaged config
+    quiet_known_noise()
+    args = resolve_config_args(args)  # --config quickstart: a packaged config
     return cls(TransferModule, DomainDataModule, args=args, save_config_kwargs={"overwrite": True},
                auto_configure_optimizers=False)
 

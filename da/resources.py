@@ -77,8 +77,13 @@ def resolve(name: str, kind: str = "configs") -> Path:
 
 def resolve_config_args(argv: Optional[Sequence[str]]) -> Optional[List[str]]:
     """``argv`` with every ``--config X`` / ``--config=X`` replaced by the file ``X`` resolves to (a YAML string such
-    as ``--config '{trainer: ...}'`` is left alone); ``None`` stays ``None``."""
+    as ``--config '{trainer: ...}'`` is left alone). ``None`` stands for the command line: ``sys.argv`` is rewritten in
+    place (LightningCLI then reads it, as do the child processes Lightning's DDP launcher starts) and ``None`` returned.
+    """
     if argv is None:
+        import sys
+
+        sys.argv[1:] = resolve_config_args(sys.argv[1:])
         return None
     out = list(argv)
     for i, arg in enumerate(out):

@@ -60,8 +60,10 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
     """``da sweep``: returns 0 when every run finished, 1 when some failed, 130 when interrupted."""
     from da.experiments import sweep as S
 
+    from da.resources import resolve
+
     args = sweep_parser().parse_args(argv)
-    spec = S.load_sweep(args.sweep)
+    spec = S.load_sweep(resolve(args.sweep, "experiments"))  # a file, or a packaged grid by name
     if args.wandb_sweep is not None:
         import yaml
 

@@ -99,14 +99,18 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.name = name
         self._lock = threading.Lock()
+        from da.progress import SweepTicker  # ETA from finished runs, running runs' steps, a reprint every minute
+
+        self.ticker = SweepTicker(self.show, total)
 
     @property
     def left(self) -> int:
         return self.total - self.done - self.failed - self.running
 
     def line(self) -> str:
+        extra = self.ticker.summary(self.left)
         return (f"[{self.name}] {self.done}/{self.total} done, {self.running} running, "
-                f"{self.failed} failed, {self.left} left")
+                f"{self.failed} failed, {self.left} left" + (f"  {extra}" if extra else ""))
 
     def show(self, note: str = "") -> None:
         print(self.line() + (f"  ({note})" if note else ""), file=self.stream, flush=True)
@@ -114,11 +118,13 @@ class Progress:
     def start(self, job: Job) -> None:
         with self._lock:
             self.running += 1
+            self.ticker.start(job.label, job.run_dir)
             self.show(f"started {job.label}")
 
     def end(self, job: Job, status: str) -> None:
         with self._lock:
             self.running -= 1
+            self.ticker.end(job.label, status)
             if status == "finished":
                 self.done += 1
             elif status == "failed":
@@ -126,7 +132,7 @@ class Progress:
             self.show(f"{status} {job.label}")
 
     def close(self) -> None:
-        pass
+        self.ticker.close()
 
 
 # live subprocesses, so that an interrupt stops them all

@@ -191,7 +191,9 @@ def plot_tsne_panels(panels: Sequence[dict], path: str | Path, title: Optional[s
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     cmap = __import__("matplotlib").colormaps[cmap_name]
     colour_of = {c: cmap(i % cmap.N if cmap_name != "turbo" else i / max(1, len(classes) - 1)) for i, c in enumerate(classes)}
-    for ax, panel in zip(axes, panels):
+    from da.progress import iterate
+
+    for ax, panel in zip(axes, iterate(panels, desc=f"t-SNE ({max_points} points max per domain)", unit="maps")):
         emb_s, emb_t, idx_s, idx_t = tsne_embed(panel["feats_s"], panel["feats_t"], max_points, seed)
         for emb, idx, key, marker, size in ((emb_s, idx_s, "labels_s", "o", 14), (emb_t, idx_t, "labels_t", "x", 18)):
             labels = panel.get(key)
