@@ -27,13 +27,14 @@ EXTRA_COMMANDS = {
     "detect": ("da.diagnostics.detect", "detect_main", "negative-transfer verdicts and source rankings"),
     "multisource": ("da.multisource_workflow", "multisource_main",
                     "train one model per source, then fine-tune on the target toward all of them"),
+    "list": ("da.help", "list_main", "what exists: datasets, methods, recipes, backbones, grids (one line each)"),
 }
 
 TOP_HELP = """usage: da <command> [options]
 
 Domain adaptation and transfer learning on PyTorch Lightning.
 
-training (LightningCLI; `da fit --help` lists every option):
+training (LightningCLI; `da fit --help` lists da's options, `da fit --help-all` every option):
   fit        train a model (then test it on source and target) and write <run_dir>/result.json
   validate   evaluate on the validation splits
   test       evaluate a checkpoint on the source and target test splits (direct transfer: --ckpt_path)
@@ -254,8 +255,10 @@ def run_cli(args: Optional[List[str]] = None):
 
     quiet_known_noise()
     args = resolve_config_args(args)  # --config quickstart: a packaged config
+    from da.help import parser_class
+
     return cls(TransferModule, DomainDataModule, args=args, save_config_kwargs={"overwrite": True},
-               auto_configure_optimizers=False)
+               auto_configure_optimizers=False, parser_class=parser_class())  # one-line errors, "did you mean"
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -273,6 +276,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         module, fn, _ = EXTRA_COMMANDS[argv[0]]
         rc = getattr(importlib.import_module(module), fn)(argv[1:])
         sys.exit(rc or 0)
+    if argv[0] in ("fit", "validate", "test") and ("-h" in argv or "--help" in argv):
+        from da.help import short_help
+
+        return print(short_help(argv[0]), end="")  # da's own options; --help-all: LightningCLI's complete list
+    if "--help-all" in argv:
+        argv = ["--help" if a == "--help-all" else a for a in argv]
+        sys.argv[1:] = argv if from_command_line else sys.argv[1:]
     run_cli(None if from_command_line else argv)
 
 
