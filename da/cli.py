@@ -27,6 +27,7 @@ EXTRA_COMMANDS = {
     "detect": ("da.diagnostics.detect", "detect_main", "negative-transfer verdicts and source rankings"),
     "multisource": ("da.multisource_workflow", "multisource_main",
                     "train one model per source, then fine-tune on the target toward all of them"),
+    "data": ("da.data.download", "data_main", "download a dataset with checksums: da data download office31 [--root DIR]"),
     "list": ("da.help", "list_main", "what exists: datasets, methods, recipes, backbones, grids (one line each)"),
 }
 
