@@ -12,6 +12,7 @@ Each run owns a directory (``--run_dir``; default ``runs/<task>/<method>/<time>`
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -50,6 +51,18 @@ def _multisource(argv: Sequence[str]) -> int:
     return multisource_main(argv)
 
 
+def _data(argv: Sequence[str]) -> int:
+    from da.data.download import data_main
+
+    return data_main(argv)
+
+
+def _list(argv: Sequence[str]) -> int:
+    from da.help import list_main
+
+    return list_main(argv)
+
+
 #: name -> (entry point taking the arguments after the name and returning an exit status, one-line help)
 EXTRA_COMMANDS: Dict[str, Tuple[Callable[[Sequence[str]], int], str]] = {
     "sweep": (_sweep, "run a grid of experiments (skips finished, resumes killed runs)"),
@@ -57,13 +70,15 @@ EXTRA_COMMANDS: Dict[str, Tuple[Callable[[Sequence[str]], int], str]] = {
     "plot": (_plot, "learning curves and t-SNE pictures"),
     "detect": (_detect, "negative-transfer verdicts and source rankings"),
     "multisource": (_multisource, "train one model per source, then fine-tune on the target toward all of them"),
+    "data": (_data, "download a dataset with checksums: da data download office31 [--root DIR]"),
+    "list": (_list, "what exists: datasets, methods, recipes, backbones, grids (one line each)"),
 }
 
 TOP_HELP = """usage: da <command> [options]
 
 Domain adaptation and transfer learning on PyTorch Lightning.
 
-training (LightningCLI; `da fit --help` lists every option):
+training (LightningCLI; `da fit --help` lists da's options, `da fit --help-all` every option):
   fit        train a model (then test it on source and target) and write <run_dir>/result.json
   validate   evaluate on the validation splits
   test       evaluate a checkpoint on the source and target test splits (direct transfer: --ckpt_path)
@@ -81,6 +96,8 @@ examples:
 
 def main(argv: Optional[List[str]] = None) -> None:
     from_command_line = argv is None
+    if from_command_line and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # user modules (class_path: my_project.x) import from here, as with python -m
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         extra = "\n".join(f"  {name:<12} {desc}" for name, (_, desc) in EXTRA_COMMANDS.items())
@@ -89,6 +106,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     if argv[0] in EXTRA_COMMANDS:
         rc = EXTRA_COMMANDS[argv[0]][0](argv[1:])
         sys.exit(rc or 0)
+    if argv[0] in ("fit", "validate", "test") and ("-h" in argv or "--help" in argv):
+        from da.help import short_help
+
+        return print(short_help(argv[0]), end="")  # da's own options; --help-all: LightningCLI's complete list
+    if "--help-all" in argv:
+        argv = ["--help" if a == "--help-all" else a for a in argv]
+        sys.argv[1:] = argv if from_command_line else sys.argv[1:]
     run_cli(None if from_command_line else argv)
 
 

@@ -77,9 +77,9 @@ def embed_texts(texts: Sequence[str], encoder: torch.nn.Module, tokenizer: Any, 
     out = torch.empty(len(ids), encoder.out_features, dtype=torch.float32)
     batches = range(0, len(order), batch_size)
     if progress:
-        from tqdm.auto import tqdm
+        from da.progress import iterate
 
-        batches = tqdm(batches, desc=desc, unit="batch", leave=False)
+        batches = iterate(batches, desc=desc, unit="batches")
     for start in batches:
         index = order[start:start + batch_size]
         items = [({"input_ids": torch.tensor(ids[i]), "attention_mask": torch.ones(len(ids[i]), dtype=torch.long)},

@@ -35,6 +35,10 @@ def table_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", default=None, metavar="TASK", help="keep only these tasks")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD", help="keep only these methods")
     p.add_argument("-o", "--output", default=None, help="write the table to this file instead of stdout")
+    p.add_argument("--error", default="std", choices=["std", "sem"],
+                   help="spread after ±: sample std (ddof=1) or standard error of the mean (std / sqrt(n))")
+    p.add_argument("--save-records", default=None, metavar="FILE.jsonl",
+                   help="also write the records behind the table, packed (da table FILE.jsonl rebuilds it)")
     return p
 
 
@@ -54,8 +58,12 @@ def table_main(argv: Optional[Sequence[str]] = None) -> int:
     text = make_table(
         records, metric=args.metric, selection=args.selection, rows=args.rows, cols=cols, fmt=args.format,
         scale=args.scale, digits=args.digits, select_over=args.select_over,
-        higher_is_better=not args.lower_is_better, average=not args.no_average, split_by=args.by,
+        higher_is_better=not args.lower_is_better, average=not args.no_average, split_by=args.by, error=args.error,
     )
+    if args.save_records:
+        from da.runs.packed import write_packed
+
+        print(f"wrote {write_packed(args.save_records, records)}", file=sys.stderr)
     if args.output:
         Path(args.output).write_text(text)
         print(f"wrote {args.output}", file=sys.stderr)

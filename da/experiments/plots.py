@@ -78,6 +78,41 @@ def _run_label(run_dir: Path) -> str:
         return run_dir.name
 
 
+def _sweep_params(run_dir: Path) -> dict:
+    from da.runs.record import RecordError, read_record
+
+    try:
+        return dict(((read_record(run_dir).get("sweep") or {}).get("params")) or {})
+    except (RecordError, OSError, ValueError):
+        return {}
+
+
+def run_labels(run_dirs: Sequence[Path]) -> list[str]:
+    """``method task sSEED`` per run; runs that share a label (a sweep over a parameter) get the sweep parameters
+    whose values differ among them appended, by the last part of the key: ``dann ... s0 weight=0.3``."""
+    labels = [_run_label(Path(d)) for d in run_dirs]
+    params = [_sweep_params(Path(d)) for d in run_dirs]
+    out = list(labels)
+    for label in set(labels):
+        same = [i for i, lb in enumerate(labels) if lb == label]
+        if len(same) < 2:
+            continue
+        keys = sorted({k for i in same for k in params[i]} - {"seed"})
+        differing = [k for k in keys if len({json.dumps(params[i].get(k), sort_keys=True) for i in same}) > 1]
+        for i in same:
+            extra = [f"{k.rsplit('.', 1)[-1]}={params[i].get(k)}" for k in differing]
+            out[i] = " ".join([label, *extra]) if extra else f"{label} ({Path(run_dirs[i]).name})"
+    return out
+
+
+def fit_title(fig, title: str, fontsize: float = 12.0) -> str:
+    """``title`` wrapped to the figure's width (about 0.6 em per character), so a long one is not clipped."""
+    import textwrap
+
+    width_chars = max(20, int(fig.get_figwidth() * 72 / (0.6 * fontsize)))
+    return textwrap.fill(title, width=width_chars)
+
+
 def _ema(values: Sequence[float], smooth: float) -> list[float]:
     """Exponential moving average ``m_t = smooth * m_{t-1} + (1 - smooth) * x_t`` (``smooth=0``: raw)."""
     out, m = [], None
@@ -110,7 +145,8 @@ def plot_curves(
         series = read_metrics_csv(csv_path) if csv_path else _series_from_history(d)
         if not series:
             raise FileNotFoundError(f"no metrics.csv and no history in result.json under {d}; is it a run directory?")
-        runs.append((_run_label(d), series))
+        runs.append((d, series))
+    runs = [(label, series) for label, (_, series) in zip(run_labels([d for d, _ in runs]), runs)]
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax_t, ax_v = fig.subplots(1, 2)
     colours = [f"C{i % 10}" for i in range(len(runs))]
@@ -139,7 +175,7 @@ def plot_curves(
             ax.legend(fontsize=8, frameon=False)
     ax_v.set_ylabel("accuracy")
     ax_t.set_ylabel("loss")
-    fig.suptitle(title or (runs[0][0] if len(runs) == 1 else f"{len(runs)} runs"))
+    fig.suptitle(fit_title(fig, title or (runs[0][0] if len(runs) == 1 else f"{len(runs)} runs")), fontsize=12)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
@@ -192,7 +228,9 @@ def plot_tsne_panels(panels: Sequence[dict], path: str | Path, title: Optional[s
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     cmap = __import__("matplotlib").colormaps[cmap_name]
     colour_of = {c: cmap(i % cmap.N if cmap_name != "turbo" else i / max(1, len(classes) - 1)) for i, c in enumerate(classes)}
-    for ax, panel in zip(axes, panels):
+    from da.progress import iterate
+
+    for ax, panel in zip(axes, iterate(panels, desc=f"t-SNE ({max_points} points max per domain)", unit="maps")):
         emb_s, emb_t, idx_s, idx_t = tsne_embed(panel["feats_s"], panel["feats_t"], max_points, seed)
         for emb, idx, key, marker, size in ((emb_s, idx_s, "labels_s", "o", 14), (emb_t, idx_t, "labels_t", "x", 18)):
             labels = panel.get(key)
@@ -299,7 +337,7 @@ def plot_param(records: Sequence[dict], param: str, path: str | Path, metric: st
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)
     fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize=8, frameon=False)
-    fig.suptitle(title or f"{metric} vs {param} (mean ± std over seeds)")
+    fig.suptitle(fit_title(fig, title or f"{metric} vs {param} (mean ± std over seeds)"), fontsize=12)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)

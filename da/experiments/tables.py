@@ -5,7 +5,8 @@ seed with a model-selection rule (:mod:`da.experiments.selection`), and reports,
 
     mean = (1/n) sum_i x_i,      std = sqrt( sum_i (x_i - mean)^2 / (n - 1) )   (sample std, ddof = 1)
 
-of ``scale * metric`` over the n seeds (std is omitted for n = 1). The best method per task is in bold
+of ``scale * metric`` over the n seeds (std is omitted for n = 1); ``error="sem"`` shows the standard error of the
+mean instead, sem = std / sqrt(n), as DomainBed reports. The best method per task is in bold
 (``**x**`` in markdown, ``\\textbf{x}`` in LaTeX), compared on the displayed (rounded) means, ties all
 bold; a method called ``oracle`` (trained on target labels) is shown but never bolded. With several
 tasks an ``Avg`` entry gives each method's mean of its per-task means (only for methods that have every
@@ -49,6 +50,11 @@ class Cell:
     @property
     def n(self) -> int:
         return len(self.values)
+
+    @property
+    def sem(self) -> Optional[float]:
+        """Standard error of the mean, std / sqrt(n) (``None`` when n < 2)."""
+        return None if self.std is None else self.std / math.sqrt(self.n)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
@@ -116,7 +122,8 @@ def _mark_best(entries: dict[str, Cell], digits: int, higher_is_better: bool) ->
         entries[m].best = r == best
 
 
-def _caption(metric, scale, validator, select_over, selection, cells, higher_is_better, has_avg, any_best) -> str:
+def _caption(metric, scale, validator, select_over, selection, cells, higher_is_better, has_avg, any_best,
+             error: str = "std") -> str:
     ns = sorted({c.n for c in cells.values()})
     n_txt = f"n={ns[0]} seed{'s' if ns[0] != 1 else ''}" if len(ns) == 1 else (
         f"n={ns[0]}-{ns[-1]} seeds (cells with fewer than {ns[-1]} show their n)"
@@ -125,7 +132,8 @@ def _caption(metric, scale, validator, select_over, selection, cells, higher_is_
     parts = []
     if validator.uses_target_labels:
         parts.append("ORACLE model selection (uses target labels; an upper bound, not an unsupervised result).")
-    parts.append(f"{metric}{scale_txt}: mean ± sample std (ddof=1) over {n_txt}.")
+    spread = "sample std (ddof=1)" if error == "std" else "standard error of the mean (sample std / sqrt(n))"
+    parts.append(f"{metric}{scale_txt}: mean ± {spread} over {n_txt}.")
     k = selection.max_candidates
     among = f" among up to {k} {'runs' if select_over == 'runs' else 'checkpoints'} per seed" if k > 1 else " per seed"
     labels = "uses target labels" if validator.uses_target_labels else "uses no target label"
@@ -173,6 +181,7 @@ def make_table(
     higher_is_better: bool = True,
     average: bool = True,
     split_by: Sequence[str] = (),
+    error: str = "std",
 ) -> str:
     """The table of ``metric`` (mean ± sample std over seeds) by task and method; see the module doc.
 
@@ -182,6 +191,8 @@ def make_table(
     """
     if fmt not in FORMATS:
         raise unknown_name("table format", fmt, FORMATS)
+    if error not in ("std", "sem"):
+        raise unknown_name("error bar (--error)", error, ("std", "sem"))
     if rows not in AXES:
         raise unknown_name("table rows", rows, AXES)
     if cols not in AXES or cols == rows:
@@ -211,7 +222,8 @@ def make_table(
                 avg[m] = Cell(means, sum(means) / len(means), None)
         _mark_best(avg, digits, higher_is_better)
     any_best = any(c.best for c in cells.values()) or any(c.best for c in avg.values())
-    caption = _caption(metric, scale, validator, select_over, sel, cells, higher_is_better, bool(avg), any_best)
+    caption = _caption(metric, scale, validator, select_over, sel, cells, higher_is_better, bool(avg), any_best,
+                       error)
     if fmt == "csv":
         return _csv(cells, tasks, methods, rows, metric, selection, digits)
     max_n = max(c.n for c in cells.values())
@@ -220,8 +232,9 @@ def make_table(
         if cell is None:
             return "-"
         s = f"{cell.mean:.{digits}f}"
-        if cell.std is not None:
-            s += (r" $\pm$ " if latex else " ± ") + f"{cell.std:.{digits}f}"
+        spread = cell.std if error == "std" else cell.sem
+        if spread is not None:
+            s += (r" $\pm$ " if latex else " ± ") + f"{spread:.{digits}f}"
         if cell.n < max_n and not is_avg:
             s += f" (n={cell.n})"
         if cell.best:

@@ -67,6 +67,8 @@ def _build_cli_class():
     from pytorch_lightning.cli import LightningCLI
     from pytorch_lightning.loggers import CSVLogger, Logger
 
+    from da.progress_bar import add_progress_bar
+
     class _Heartbeat(Callback):
         """After each validation of ``fit``: flush the loggers and rewrite the ``running`` record (wall time so far),
         so a run killed later keeps its rows and the length of this segment. Runs before the checkpoint is saved."""
@@ -176,6 +178,7 @@ def _build_cli_class():
                                                  monitor="val/source_acc", mode="max", save_last=True,
                                                  enable_version_counter=False))
             callbacks.append(_Heartbeat(self))
+            add_progress_bar(config, callbacks)  # one bar: global step / total, ETA, key metrics
 
         def _release(self) -> None:
             if getattr(self, "_owns_lock", False):
@@ -317,7 +320,12 @@ def run_cli(args: Optional[List[str]] = None):
     wandb_offline_unless_logged_in()
     cls = _build_cli_class()
     from da.data.datamodule import DomainDataModule
+    from da.help import parser_class
     from da.module import TransferModule
+    from da.quiet import quiet_known_noise
+    from da.resources import resolve_config_args
 
+    quiet_known_noise()
+    args = resolve_config_args(args)  # --config quickstart: a packaged config
     return cls(TransferModule, DomainDataModule, args=args, save_config_kwargs={"overwrite": True},
-               auto_configure_optimizers=False)
+               auto_configure_optimizers=False, parser_class=parser_class())  # one-line errors, "did you mean"

@@ -213,6 +213,11 @@ def load_records(paths: Union[PathLike, Sequence[PathLike]], strict: bool = True
             continue
         seen.add(key)
         try:
+            if f.suffix == ".jsonl":  # packed records behind a table (da table --save-records)
+                from da.runs.packed import read_packed
+
+                records.extend(read_packed(f))
+                continue
             records.append(read_record(f))
         except RecordError as err:
             if strict:

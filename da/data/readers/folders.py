@@ -235,9 +235,13 @@ def _make_folder_loader(dataset: str):
 
     def loader(domain: str, root: Optional[str] = None, *, image_size: Optional[int] = None,
                channels: Optional[int] = None, on_bad_image: str = "skip", check_images: bool = True,
-               **_: Any) -> Dict[str, Domain]:
+               download: bool = False, **_: Any) -> Dict[str, Domain]:
         if domain not in domains:
             raise unknown_name(f"domain of dataset '{dataset}'", domain, domains)
+        if download:  # fetch, verify and extract it first when it is missing (da/data/download.py)
+            from da.data.download import MIRRORS, download_dataset
+            if dataset in MIRRORS:
+                download_dataset(dataset, root)
         folder = _find_domain_folder(_find_dataset_folder(resolve_root(root), dataset), domain, dataset)
         return load_image_domain(f"{dataset}/{domain}", folder, image_size=image_size, channels=channels,
                                  on_bad_image=on_bad_image, check_images=check_images)

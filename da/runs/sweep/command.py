@@ -69,7 +69,9 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
     from da.runs.sweep.wandb import wandb_sweep_config
 
     args = sweep_parser().parse_args(argv)
-    spec = load_sweep(args.sweep)
+    from da.resources import resolve
+
+    spec = load_sweep(resolve(args.sweep, "experiments"))  # a file, or a packaged grid by name
     if args.wandb_sweep is not None:
         import yaml
 

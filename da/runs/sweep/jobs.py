@@ -66,15 +66,20 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.name = name
         self._lock = threading.Lock()
+        from da.progress import SweepTicker  # ETA from finished runs, running runs' steps, a reprint every minute
+
+        self.ticker = SweepTicker(self.show, total)
 
     @property
     def left(self) -> int:
         return self.total - self.done - self.failed - self.running - self.elsewhere
 
     def line(self) -> str:
+        extra = self.ticker.summary(self.left)
         return (f"[{self.name}] {self.done}/{self.total} done, {self.running} running, "
                 f"{self.failed} failed, {self.left} left" + (f", {self.elsewhere} running elsewhere"
-                                                             if self.elsewhere else ""))
+                                                             if self.elsewhere else "")
+                + (f"  {extra}" if extra else ""))
 
     def show(self, note: str = "") -> None:
         print(self.line() + (f"  ({note})" if note else ""), file=self.stream, flush=True)
@@ -82,11 +87,13 @@ class Progress:
     def start(self, job: Job) -> None:
         with self._lock:
             self.running += 1
+            self.ticker.start(job.label, job.run_dir)
             self.show(f"started {job.label}")
 
     def end(self, job: Job, status: str) -> None:
         with self._lock:
             self.running -= 1
+            self.ticker.end(job.label, status)
             if status in ("finished", SKIPPED):
                 self.done += 1
             elif status in ("failed", SKIPPED_FAILED):
@@ -98,7 +105,7 @@ class Progress:
             self.show(f"{note} {job.label}")
 
     def close(self) -> None:
-        pass
+        self.ticker.close()
 
 
 # live subprocesses, so that an interrupt stops them all

@@ -1,0 +1,94 @@
+"""Records behind tables: ``da table --error sem``, ``--save-records`` / ``.jsonl`` round trips, and every README
+table rebuilt byte for byte from its shipped records (``results/<sweep>.jsonl``)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from da.experiments.commands import table_main
+from da.runs.packed import pack, read_packed, write_packed
+from da.runs.record import load_records
+from da.experiments.tables import make_table
+from tests.test_tables import stored  # noqa: F401 - the fixture: 4 cells x 3 seeds + one failed run
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results"
+
+
+def test_sem_is_std_over_sqrt_n(stored):  # noqa: F811
+    table = make_table(load_records(stored), error="sem")
+    # sem = std / sqrt(3): 3.606 -> 2.082, 2.646 -> 1.528, 1 -> 0.577 (stds in tests/test_tables.py)
+    assert table.splitlines()[2:4] == ["| mnist->usps | 73.0 ± 2.1 | **83.0 ± 1.5** |",
+                                       "| usps->mnist | **61.0 ± 0.6** | 58.0 ± 1.5 |"]
+    assert "mean ± standard error of the mean (sample std / sqrt(n)) over n=3 seeds" in table
+    assert "ddof" not in table
+
+
+def test_packed_records_rebuild_the_table_byte_for_byte(stored, tmp_path, capsys):  # noqa: F811
+    assert table_main([str(stored), "--save-records", str(tmp_path / "t.jsonl"), "--error", "sem"]) == 0
+    from_runs = capsys.readouterr().out
+    lines = (tmp_path / "t.jsonl").read_text().splitlines()
+    assert len(lines) == 13  # 12 finished + 1 failed
+    first = json.loads(lines[0])
+    assert set(first) == {"schema", "status", "task", "method", "seed", "config_hash", "metrics", "run_dir"}
+    assert table_main([str(tmp_path / "t.jsonl"), "--error", "sem"]) == 0
+    assert capsys.readouterr().out == from_runs  # the failed run is still counted in the caption
+    assert "Excluded: 1 failed run." in from_runs
+    # re-packing the packed records gives the same file
+    write_packed(tmp_path / "again.jsonl", read_packed(tmp_path / "t.jsonl"))
+    assert (tmp_path / "again.jsonl").read_text() == (tmp_path / "t.jsonl").read_text()
+
+
+def test_pack_keeps_sweep_params_and_the_failed_error_line():
+    rec = {"schema": 1, "status": "failed", "task": "a->b", "method": "dann", "seed": 2, "metrics": {},
+           "error": "Traceback\n  ...\nRuntimeError: out of memory", "config": {"big": 1}, "history": [{"step": 1}],
+           "run_dir": "/x/runs/sweeps/g/abc123", "sweep": {"name": "g", "params": {"model.lr": 0.1}}}
+    assert pack(rec) == {"schema": 1, "status": "failed", "task": "a->b", "method": "dann", "seed": 2,
+                         "config_hash": None, "metrics": {}, "run_dir": "g/abc123",
+                         "sweep": {"params": {"model.lr": 0.1}}, "error": "RuntimeError: out of memory"}
+
+
+def readme_tables(text: str) -> list[tuple[str, list[str], str]]:
+    """(sweep name, `da table` arguments after the path, the table text as printed) for every README table that
+    directly follows a bash block ending in a `da table <sweep dir> ...` command."""
+    out = []
+    for m in re.finditer(r"```bash\n((?:(?!```).)*?)```\n\n((?:\|[^\n]*\n)+\nTable: [^\n]*\n)", text, flags=re.S):
+        body = m.group(1).replace("\\\n", " ")  # continued lines
+        commands = [line.split(" #")[0].strip() for line in body.splitlines() if line.startswith("da table ")]
+        if commands:
+            argv = shlex.split(commands[-1])[2:]
+            n_paths = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+            # several sweeps in one table: one records file named after the first
+            out.append((Path(argv[0]).name, argv[n_paths:], m.group(2)))
+    return out
+
+
+def test_readme_table_parser_on_a_known_text(stored, tmp_path, capsys):  # noqa: F811
+    table_main([str(stored), "--save-records", str(tmp_path / "x.jsonl")])
+    printed = capsys.readouterr().out
+    text = f"# t\n\n```bash\nda sweep e.yaml\nda table runs/sweeps/x  # note\n```\n\n{printed}\nmore text\n"
+    (name, args, table), = readme_tables(text)
+    assert (name, args, table) == ("x", [], printed)
+    table_main([str(tmp_path / f"{name}.jsonl"), *args])
+    assert capsys.readouterr().out == table
+
+
+def test_every_readme_table_with_shipped_records_is_rebuilt_byte_for_byte(capsys):
+    tables = readme_tables((REPO / "README.md").read_text())
+    assert len(tables) >= 4  # digits, few-shot, multi-source text, text 12 pairs (at least)
+    rebuilt, pending = [], []
+    for name, args, table in tables:
+        packed = RESULTS / f"{name}.jsonl"
+        if not packed.is_file():
+            pending.append(name)
+            continue
+        assert table_main([str(packed), *args]) == 0
+        assert capsys.readouterr().out == table, f"README table of {name} differs from results/{name}.jsonl"
+        rebuilt.append(name)
+    if not rebuilt:
+        pytest.skip(f"no README table has shipped records yet (results/<sweep>.jsonl); pending: {pending}")
