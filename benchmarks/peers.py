@@ -72,9 +72,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, nargs="+", default=[50], help="hidden widths of the shared MLP")
     p.add_argument("--warmup", type=int, default=10, help="untimed first steps of each run")
     p.add_argument("--root", default=str(REPO.parent / "shared" / "data"), help="data root (../shared/data)")
+    p.add_argument("--da-checkout", default=str(REPO),
+                   help="the da checkout whose code and configs/ the da rows use (default: this one), e.g. a branch's "
+                        "worktree with methods not merged yet")
     p.add_argument("--out", default=None, help="write PREFIX.md (the table) and PREFIX.jsonl (every run)")
     p.add_argument("--install", action="store_true", help="pip-install the peers into .cache/peers/ and exit")
+    p.add_argument("--table", nargs="+", default=None, metavar="JSONL",
+                   help="print the table of saved runs (--out's .jsonl files, e.g. two runs with different seeds) "
+                        "for the chosen pairs, methods and frameworks, and exit")
     args = p.parse_args(argv)
+    args.seeds_given = args.seeds is not None
     if args.seeds is None:
         args.seeds = [0] if args.quick else [0, 1, 2]
     if args.epochs is None:
@@ -106,13 +113,16 @@ def short_task(task: str) -> str:
 
 # ----------------------------------------------------------------------------------------------------- environments
 
-def framework_env(framework: str) -> Dict[str, str]:
-    """The environment of a framework's worker: its own install folder (if any) first on ``PYTHONPATH``."""
+def framework_env(framework: str, da_checkout: Path = REPO) -> Dict[str, str]:
+    """The environment of a framework's worker: its own install folder (if any) first on ``PYTHONPATH``; da's worker
+    gets ``da_checkout`` (without writing byte code there when it is another checkout)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled",
            "PYTHONWARNINGS": "ignore"}
     paths = [str(HERE)]
     if framework == "da":
-        paths.append(str(REPO))
+        paths.append(str(da_checkout))
+        if Path(da_checkout).resolve() != REPO:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
     else:
         folder = CACHE / framework
         if folder.is_dir():
@@ -121,10 +131,10 @@ def framework_env(framework: str) -> Dict[str, str]:
     return env
 
 
-def probe(framework: str) -> Optional[str]:
+def probe(framework: str, da_checkout: Path = REPO) -> Optional[str]:
     """None when the framework imports in its environment, else why not (the error's last line)."""
-    proc = subprocess.run([sys.executable, "-c", f"import {PROBE[framework]}"], env=framework_env(framework),
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", f"import {PROBE[framework]}"],
+                          env=framework_env(framework, da_checkout), capture_output=True, text=True)
     if proc.returncode == 0:
         return None
     last = (proc.stderr.strip().splitlines() or ["?"])[-1]
@@ -174,7 +184,7 @@ def mean_std(values: Sequence[float]) -> tuple:
 def format_table(results: List[dict], tasks: Sequence[str], methods: Sequence[str],
                  frameworks: Sequence[str]) -> str:
     """One markdown table: a row per (task, method) and a mean-over-tasks row per method; per framework the target
-    accuracy (mean ± std over seeds) and the step time (thread CPU ms, mean over seeds). A framework that could not
+    accuracy (mean ± std over seeds; no ± for one seed) and the step time (thread CPU ms, mean over seeds). A framework that could not
     run a cell shows a note number; the notes (the reasons) follow the table."""
     notes: List[str] = []
 
@@ -198,7 +208,7 @@ def format_table(results: List[dict], tasks: Sequence[str], methods: Sequence[st
             accs = [r["acc"] for r in rows]
         m, s = mean_std(accs)
         ms = mean_std([r["step_ms"] for r in rows])[0]
-        return f"{m:.1f} ± {s:.1f}", f"{ms:.2f}"
+        return (f"{m:.1f} ± {s:.1f}" if len(accs) > 1 else f"{m:.1f}"), f"{ms:.2f}"
 
     head = "| task | method | " + " | ".join(f"{f} acc | {f} ms/step" for f in frameworks) + " |"
     lines = [head, "|---|---|" + "---:|---:|" * len(frameworks)]
@@ -219,7 +229,23 @@ def format_table(results: List[dict], tasks: Sequence[str], methods: Sequence[st
     return "\n".join(lines)
 
 
+def merge_runs(results: List[dict]) -> List[dict]:
+    """One row per (framework, task, method, seed): a later run replaces an earlier one, except that a failed run
+    never replaces a finished one (so a second file can fill in what the first could not run)."""
+    kept: Dict[tuple, dict] = {}
+    for r in results:
+        key = (r["framework"], r["task"], r["method"], r["seed"])
+        if key not in kept or "error" not in r or "error" in kept[key]:
+            kept[key] = r
+    return list(kept.values())
+
+
 # ----------------------------------------------------------------------------------------------------- main
+
+def _commit(checkout: Path) -> str:
+    proc = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() or str(checkout)
+
 
 def make_jobs(args: argparse.Namespace, data: Dict[str, dict], framework: str, run_root: Path) -> List[dict]:
     jobs = []
@@ -231,7 +257,8 @@ def make_jobs(args: argparse.Namespace, data: Dict[str, dict], framework: str, r
                 jobs.append({"framework": framework, "task": task, "method": method, "seed": seed,
                              "data": info["data"], "epochs": args.epochs, "steps": args.epochs * per_epoch,
                              "batch_size": args.batch_size, "lr": args.lr, "hidden": list(args.hidden),
-                             "warmup": args.warmup, "root": args.root, "configs": str(REPO / "configs"),
+                             "warmup": args.warmup, "root": args.root,
+                             "configs": str(Path(args.da_checkout) / "configs"),
                              "data_config": "amazon_dann.yaml",
                              "run_dir": str(run_root / framework / short_task(task) / f"{method}-s{seed}")})
     return jobs
@@ -244,6 +271,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.install:
         install()
         return 0
+    if args.table:
+        results = merge_runs([json.loads(line) for path in args.table for line in Path(path).read_text().splitlines()
+                              if line])
+        results = [r for r in results if r["seed"] in args.seeds or not args.seeds_given]
+        seeds = sorted({r["seed"] for r in results})
+        print(f"Target accuracy (%, final iterate, mean ± std over seeds {seeds}) and thread CPU ms per training "
+              f"step, from {', '.join(args.table)}.\n")
+        print(format_table(results, args.tasks, args.methods, args.frameworks))
+        return 0
     t0 = time.time()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_root = CACHE / "runs" / stamp
@@ -252,7 +288,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results: List[dict] = []
     for framework in args.frameworks:
         jobs = make_jobs(args, data, framework, run_root)
-        why = probe(framework)
+        why = probe(framework, Path(args.da_checkout))
         if why is not None:
             results += [{**{k: j[k] for k in ("framework", "task", "method", "seed")}, "error": why} for j in jobs]
             print(f"[peers] {why}", flush=True)
@@ -260,7 +296,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         jobs_path, out_path = run_root / f"{framework}.jobs.json", run_root / f"{framework}.jsonl"
         jobs_path.write_text(json.dumps(jobs))
         proc = subprocess.run([sys.executable, str(HERE / "peer_worker.py"), framework, str(jobs_path),
-                               str(out_path)], env=framework_env(framework), cwd=str(REPO))
+                               str(out_path)], env=framework_env(framework, Path(args.da_checkout)), cwd=str(REPO))
         done = [json.loads(line) for line in out_path.read_text().splitlines()] if out_path.exists() else []
         results += done
         if proc.returncode != 0 or len(done) < len(jobs):
@@ -272,7 +308,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     caption = (f"Target accuracy (%, final iterate, mean ± std over seeds {args.seeds}) and thread CPU ms per training "
                f"step. Amazon (DANN features), MLP 5000-{'-'.join(map(str, args.hidden))}-2, Adam lr {args.lr}, "
                f"batch {args.batch_size} + {args.batch_size}, {args.epochs} epochs = {'/'.join(map(str, steps))} "
-               f"steps, OMP_NUM_THREADS=1. Wall time {time.time() - t0:.0f} s.")
+               f"steps, OMP_NUM_THREADS=1, da at {_commit(Path(args.da_checkout))}. "
+               f"Wall time {time.time() - t0:.0f} s.")
     print("\n" + caption + "\n\n" + table)
     if args.out:
         out = Path(args.out)

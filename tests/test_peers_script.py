@@ -72,10 +72,19 @@ def test_table_means_stds_and_reasons():
     lines = table.splitlines()
     assert lines[0] == "| task | method | da acc | da ms/step | skada acc | skada ms/step |"
     assert lines[2] == "| B→K | dann | 81.0 ± 1.4 | 5.00 | n/a [1] |  |"
-    assert lines[3] == "| D→B | dann | 72.0 ± 2.8 | 2.00 | 60.0 ± 0.0 | 2.00 |"
+    assert lines[3] == "| D→B | dann | 72.0 ± 2.8 | 2.00 | 60.0 | 2.00 |"
     # mean over tasks per seed (75, 78), then over seeds: 76.5 ± 2.1; skada's missing cell names the reason
     assert lines[4] == "| mean of 2 | dann | 76.5 ± 2.1 | 3.50 | n/a [1] |  |"
     assert lines[-1] == "[1] no such thing"
+
+
+def test_merging_runs_fills_failed_cells_only():
+    t = "amazon_dann/books->amazon_dann/kitchen"
+    first = [_row("da", t, "erm", 0, 70.0), {"framework": "da", "task": t, "method": "mcc", "seed": 0, "error": "x"}]
+    second = [_row("da", t, "mcc", 0, 81.0), {"framework": "da", "task": t, "method": "erm", "seed": 0, "error": "y"},
+              _row("da", t, "erm", 1, 72.0)]
+    merged = {(r["method"], r["seed"]): r for r in peers.merge_runs(first + second)}
+    assert merged[("mcc", 0)]["acc"] == 81.0 and merged[("erm", 0)]["acc"] == 70.0 and len(merged) == 3
 
 
 def test_short_task_names():
