@@ -34,7 +34,7 @@ class StepClockCallback(pl.Callback):
 
 
 def fit_args(job: Dict[str, Any], method_config: Path) -> List[str]:
-    """The ``da fit`` arguments of one job (also printed by ``peers.py --show-commands``)."""
+    """The ``da fit`` arguments of one job: the data and method configs, then the shared protocol as overrides."""
     source, target = job["task"].split("->")
     steps = int(job["steps"])
     return ["fit", "--config", str(Path(job["configs"]) / "data" / job["data_config"]), "--config", str(method_config),

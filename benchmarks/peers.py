@@ -22,7 +22,7 @@ of one training step (forward, losses, backward, optimiser step; data loading ex
 ``OMP_NUM_THREADS=1``.
 
     python benchmarks/peers.py --install        # once: skada and pytorch-adapt into .cache/peers/ (not into da's env)
-    python benchmarks/peers.py --quick          # 1 seed, 2 pairs, 10 epochs (< 5 min on 2 busy cores)
+    python benchmarks/peers.py --quick          # 1 seed, 2 pairs, 10 epochs (6 CPU-minutes)
     python benchmarks/peers.py                  # 3 seeds, 4 pairs, 48 epochs (1,488 steps)
     python benchmarks/peers.py --out benchmarks/results/peers   # also write peers.md and peers.jsonl
 """
