@@ -116,3 +116,12 @@ def test_shared_networks_and_clock():
         clock.stop()
     s = clock.summary()
     assert (s["steps"], s["timed_steps"]) == (5, 3) and s["step_ms"] > 0
+
+
+def test_peers_are_a_benchmark_only_extra():
+    import tomllib
+
+    extras = tomllib.loads((BENCH.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(p.startswith("skada") for p in extras["peers"])
+    installed_by_ci = " ".join(extras["dev"]).lower()
+    assert "skada" not in installed_by_ci and "pytorch-adapt" not in installed_by_ci
