@@ -9,7 +9,7 @@ disk at ``<cache root>/images/<key>.pt`` (``<cache root>`` = ``$DA_CACHE_DIR`` o
 ``key = sha256(version, channels, S, [(path, size, mtime_ns) of every image file])``: adding, removing, replacing or
 touching a file, or changing ``image_size`` / ``channels``, is a miss (a new file; the old one is left alone).
 
-The augmentation then runs on the tensors (torchvision ``transforms.v2``): train = ``RandomResizedCrop(image_size,
+The augmentation then runs on the tensors (:class:`TensorTransform`): train = ``RandomResizedCrop(image_size,
 scale=(0.5, 1))`` + ``RandomHorizontalFlip()``; eval = ``CenterCrop(image_size)``; then ``/255`` and the same
 normalisation as the PIL pipeline. Eval inputs are the PIL pipeline's up to resampling (``Resize(S)`` then
 ``CenterCrop(image_size)`` either way); training crops are drawn from the ``S x S`` centre square (non-square photos
@@ -94,15 +94,44 @@ def load_or_build(files: Sequence[str], channels: int, image_size: int,
     return images, info
 
 
-def build_tensor_transform(kind: str, image_size: int, mean: Sequence[float], std: Sequence[float]):
-    """The ``transforms.v2`` pipeline on cached ``uint8`` tensors for ``kind`` in ``("train", "eval")``."""
-    from torchvision.transforms import v2
+class TensorTransform:
+    """The augmentation on one cached ``uint8`` image ``(C, S, S)``, in a few tensor operations.
 
-    if kind == "train":
-        steps: List[Any] = [v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
-                            v2.RandomHorizontalFlip()]
-    elif kind == "eval":
-        steps = [v2.CenterCrop(image_size)]
-    else:
-        raise ValueError(f"transform kind '{kind}' must be one of ('train', 'eval')")
-    return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+    ``train``: a ``RandomResizedCrop(image_size, scale=(0.5, 1), ratio=(3/4, 4/3))`` box (torchvision's sampler),
+    resized with bilinear antialiased interpolation, flipped with probability 1/2; ``eval``: the central
+    ``image_size`` square. Then ``(x / 255 - mean) / std``, as ``ToTensor`` + ``Normalize``. (torchvision's ``v2``
+    transforms compute the same but cost several times more Python per image.)
+    """
+
+    def __init__(self, kind: str, image_size: int, mean: Sequence[float], std: Sequence[float]):
+        if kind not in ("train", "eval"):
+            raise ValueError(f"transform kind '{kind}' must be one of ('train', 'eval')")
+        self.kind, self.size = kind, int(image_size)
+        self.mean = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+        from torchvision.transforms import RandomResizedCrop
+
+        n = self.size
+        if self.kind == "eval":
+            h, w = img.shape[-2:]
+            top, left = int(round((h - n) / 2.0)), int(round((w - n) / 2.0))
+            x = img[:, top: top + n, left: left + n].float()
+        else:
+            top, left, h, w = RandomResizedCrop.get_params(img, scale=[0.5, 1.0], ratio=[3.0 / 4.0, 4.0 / 3.0])
+            x = img[:, top: top + h, left: left + w].float()
+            if (h, w) != (n, n):
+                x = F.interpolate(x[None], size=(n, n), mode="bilinear", align_corners=False, antialias=True)[0]
+            if torch.rand(1).item() < 0.5:
+                x = x.flip(-1)
+        return x.div_(255.0).sub_(self.mean).div_(self.std)
+
+    def __repr__(self) -> str:
+        return f"TensorTransform(kind={self.kind!r}, image_size={self.size})"
+
+
+def build_tensor_transform(kind: str, image_size: int, mean: Sequence[float], std: Sequence[float]):
+    """The transform on cached ``uint8`` tensors for ``kind`` in ``("train", "eval")`` (:class:`TensorTransform`)."""
+    return TensorTransform(kind, image_size, mean, std)
