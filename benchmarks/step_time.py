@@ -50,6 +50,7 @@ import torch  # noqa: E402
 
 METHODS = ("erm", "l2sp", "dann", "mmd", "cdan", "coral")
 VARIANTS = ("trainer", "bare")
+EVERY_STEP = "trainer_log_every_step"  # --compare-every-step-logging: the training dict logged on every step
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -155,11 +156,16 @@ class MethodBench:
             out += ["--trainer.log_every_n_steps", str(a.log_every)]
         return out
 
-    def run_trainer(self, warmup: int, steps: int) -> tuple:
+    def run_trainer(self, warmup: int, steps: int, every_step: bool = False) -> tuple:
         block = _Block(warmup, steps, self.device)
         self.trainer = self.cli.instantiate_trainer(max_steps=warmup + steps, callbacks=[_timer_callback(block)],
                                                     enable_model_summary=False)
-        self.trainer.fit(self.model, datamodule=self.dm)
+        if every_step:  # what TransferModule did before it logged on the logger's cadence only
+            self.model._train_logs_due = lambda: True
+        try:
+            self.trainer.fit(self.model, datamodule=self.dm)
+        finally:
+            self.model.__dict__.pop("_train_logs_due", None)
         return block.per_step()
 
     def run_bare(self, warmup: int, steps: int) -> tuple:
@@ -215,7 +221,7 @@ def summarise(times: Dict[str, Dict[str, List[tuple]]], cuda: bool) -> Dict[str,
     rows = {}
     for m, by_variant in times.items():
         row: Dict[str, float] = {}
-        for v in VARIANTS:
+        for v in by_variant:
             for k, name in ((0, "ms"), (1, "wall_ms")):
                 xs = [1e3 * t[k] for t in by_variant[v]]
                 lo, hi = _quartiles(xs)
@@ -224,6 +230,8 @@ def summarise(times: Dict[str, Dict[str, List[tuple]]], cuda: bool) -> Dict[str,
         key = "wall_ms" if cuda else "ms"
         row["overhead"] = round(row[f"trainer_{key}"] / row[f"bare_{key}"], 4)
         row["overhead_wall"] = round(row["trainer_wall_ms"] / row["bare_wall_ms"], 4)
+        if EVERY_STEP in by_variant:
+            row["overhead_log_every_step"] = round(row[f"{EVERY_STEP}_{key}"] / row[f"bare_{key}"], 4)
         rows[m] = row
     return rows
 
@@ -236,8 +244,14 @@ def markdown(rows: Dict[str, Dict[str, float]], meta: Dict[str, Any]) -> str:
              f"{meta['warmup']}; median (IQR) over rounds.", "",
              "| method | trainer CPU ms | bare CPU ms | overhead (CPU) | trainer wall ms | bare wall ms | "
              "overhead (wall) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    if any(EVERY_STEP + "_ms" in r for r in rows.values()):
+        lines[-2] = lines[-2].replace("| bare CPU ms |",
+                                      "| trainer, logging every step: CPU ms (overhead) | bare CPU ms |")
+        lines[-1] = "|---|---:|---:|---:|---:|---:|---:|---:|"
     for m, r in rows.items():
-        lines.append(f"| {m} | {r['trainer_ms']:.2f} ({r['trainer_ms_iqr']:.2f}) | {r['bare_ms']:.2f} "
+        extra = (f" {r[EVERY_STEP + '_ms']:.2f} ({r[EVERY_STEP + '_ms'] / r['bare_ms'] - 1:+.1%}) |"
+                 if EVERY_STEP + "_ms" in r else "")
+        lines.append(f"| {m} | {r['trainer_ms']:.2f} ({r['trainer_ms_iqr']:.2f}) |{extra} {r['bare_ms']:.2f} "
                      f"({r['bare_ms_iqr']:.2f}) | {r['trainer_ms'] / r['bare_ms'] - 1:+.1%} | "
                      f"{r['trainer_wall_ms']:.2f} ({r['trainer_wall_ms_iqr']:.2f}) | {r['bare_wall_ms']:.2f} "
                      f"({r['bare_wall_ms_iqr']:.2f}) | {r['overhead_wall'] - 1:+.1%} |")
@@ -266,6 +280,9 @@ def parse_args(argv: Optional[List[str]] = None):
     p.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"],
                    help="model in torch.channels_last (auto: on for CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone (nn.Module.compile)")
+    p.add_argument("--compare-every-step-logging", action="store_true",
+                   help=f"a third variant, {EVERY_STEP}: the Trainer with the training dict logged on every step "
+                        f"(the behaviour before logging followed log_every_n_steps)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: least disturbed "
                                                          "on a shared CPU)")
     p.add_argument("--out", default=None, help="write <out>.json and <out>.md")
@@ -299,7 +316,7 @@ def run(args) -> Dict[str, Any]:
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
     warnings.filterwarnings("ignore", message=".*(does not have many workers|could not find the monitored key"
-                                              "|val_check_interval).*")
+                                              "|val_check_interval|args parameter is intended).*")
     _register_synthetic()  # imports Lightning, which sets its loggers to INFO
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):  # no per-Trainer banners
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -308,13 +325,16 @@ def run(args) -> Dict[str, Any]:
     benches = [MethodBench(m, args, workdir) for m in args.methods]
     for b in benches:  # untimed: data set-up on the device, first-call costs (and compilation)
         b.run_trainer(2, 1)
-    times: Dict[str, Dict[str, List[tuple]]] = {m: {v: [] for v in VARIANTS} for m in args.methods}
+    variants = VARIANTS + ((EVERY_STEP,) if args.compare_every_step_logging else ())
+    times: Dict[str, Dict[str, List[tuple]]] = {m: {v: [] for v in variants} for m in args.methods}
     for r in range(args.rounds):
         k = r % len(benches)
         for b in benches[k:] + benches[:k]:
-            for v in (VARIANTS if r % 2 == 0 else VARIANTS[::-1]):
-                fn = b.run_trainer if v == "trainer" else b.run_bare
-                times[b.method][v].append(fn(args.warmup, args.steps))
+            for v in (variants if r % 2 == 0 else variants[::-1]):
+                if v == "bare":
+                    times[b.method][v].append(b.run_bare(args.warmup, args.steps))
+                else:
+                    times[b.method][v].append(b.run_trainer(args.warmup, args.steps, every_step=v == EVERY_STEP))
         print(f"step_time: round {r + 1}/{args.rounds} done ({time.time() - t0:.0f} s)", file=sys.stderr)
     rows = summarise(times, args.device.startswith("cuda"))
     dev = torch.device(args.device)
