@@ -49,6 +49,9 @@ sys.path[:0] = [str(ROOT), str(HERE)]  # `da` of this checkout, and adda_lenet f
 import torch  # noqa: E402
 
 METHODS = ("erm", "l2sp", "dann", "mmd", "cdan", "coral")
+#: ERM that also forwards the target batch (as every target-based method must): those methods' baseline
+ERM_TARGET = "erm+target"
+TARGET_METHODS = ("dann", "cdan", "mmd", "jmmd", "coral")
 VARIANTS = ("trainer", "bare")
 EVERY_STEP = "trainer_log_every_step"  # --compare-every-step-logging: the training dict logged on every step
 
@@ -134,6 +137,8 @@ class MethodBench:
         self.cli = BenchCLI(TransferModule, DomainDataModule, args=self._cli_args(), run=False,
                             save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
         self.model, self.dm = self.cli.model, self.cli.datamodule
+        if method == ERM_TARGET:
+            self.model.needs_target = True
         if args.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if args.compile:
@@ -144,7 +149,8 @@ class MethodBench:
         a = self.args
         n = a.samples or a.batch_size * (8 if a.device.startswith("cuda") else 64)
         options = {"n": n, "shape": a.input_shape, "num_classes": a.num_classes}
-        out = ["--config", str(ROOT / "configs" / "method" / f"{self.method}.yaml"),
+        config = "erm" if self.method == ERM_TARGET else self.method
+        out = ["--config", str(ROOT / "configs" / "method" / f"{config}.yaml"),
                "--data.sources", "[stepbench/source]", "--data.target", "stepbench/target",
                "--data.target_split", "transductive", "--data.batch_size", str(a.batch_size),
                "--data.options", json.dumps(options), "--model.backbone", a.backbone,
@@ -230,9 +236,16 @@ def summarise(times: Dict[str, Dict[str, List[tuple]]], cuda: bool) -> Dict[str,
         key = "wall_ms" if cuda else "ms"
         row["overhead"] = round(row[f"trainer_{key}"] / row[f"bare_{key}"], 4)
         row["overhead_wall"] = round(row["trainer_wall_ms"] / row["bare_wall_ms"], 4)
+        base = ERM_TARGET if m in TARGET_METHODS else "erm" if m != ERM_TARGET else None
+        if base in times and m != base:  # the method's own cost: against the matching baseline, through the Trainer
+            row["vs_baseline"] = base
         if EVERY_STEP in by_variant:
             row["overhead_log_every_step"] = round(row[f"{EVERY_STEP}_{key}"] / row[f"bare_{key}"], 4)
         rows[m] = row
+    key = "wall_ms" if cuda else "ms"
+    for m, row in rows.items():
+        if "vs_baseline" in row:
+            row["overhead_vs_baseline"] = round(row[f"trainer_{key}"] / rows[row["vs_baseline"]][f"trainer_{key}"], 4)
     return rows
 
 
@@ -255,6 +268,10 @@ def markdown(rows: Dict[str, Dict[str, float]], meta: Dict[str, Any]) -> str:
                      f"({r['bare_ms_iqr']:.2f}) | {r['trainer_ms'] / r['bare_ms'] - 1:+.1%} | "
                      f"{r['trainer_wall_ms']:.2f} ({r['trainer_wall_ms_iqr']:.2f}) | {r['bare_wall_ms']:.2f} "
                      f"({r['bare_wall_ms_iqr']:.2f}) | {r['overhead_wall'] - 1:+.1%} |")
+    base = [f"{m} {r['overhead_vs_baseline'] - 1:+.1%} vs {r['vs_baseline']}" for m, r in rows.items()
+            if "overhead_vs_baseline" in r]
+    if base:
+        lines += ["", "Method cost through the Trainer (trainer time against the matching baseline's): " + ", ".join(base)]
     return "\n".join(lines) + "\n"
 
 
@@ -263,8 +280,9 @@ def parse_args(argv: Optional[List[str]] = None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CPU smoke run: batch 16, 3 rounds x 25 steps (< 3 min)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), help=f"configs/method/<name>.yaml; default "
-                                                                       f"{' '.join(METHODS)}")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help=f"configs/method/<name>.yaml, or {ERM_TARGET} (ERM forwarding the target too: the baseline of "
+                        f"target-based methods); default {' '.join(METHODS)} (CUDA: {ERM_TARGET} too)")
     p.add_argument("--batch-size", type=int, default=None, help="per stream (default 128 CPU, 64 CUDA, 16 quick)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per block (default 50, quick 25)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps at the start of each block")
@@ -292,6 +310,7 @@ def parse_args(argv: Optional[List[str]] = None):
         raise SystemExit("step_time.py: --device cuda but torch.cuda.is_available() is False; use --device cpu")
     if args.quick and cuda:
         raise SystemExit("step_time.py: --quick is the CPU smoke run; drop --quick for the CUDA case")
+    args.methods = args.methods or (list(METHODS[:1]) + [ERM_TARGET] + list(METHODS[1:]) if cuda else list(METHODS))
     args.batch_size = args.batch_size or (16 if args.quick else 64 if cuda else 128)
     args.steps = args.steps or (25 if args.quick else 50)
     args.rounds = args.rounds or (3 if args.quick else 7)
