@@ -278,15 +278,16 @@ def markdown(rows: Dict[str, Dict[str, float]], meta: Dict[str, Any]) -> str:
 def parse_args(argv: Optional[List[str]] = None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="CPU smoke run: batch 16, 3 rounds x 25 steps (< 3 min)")
+    p.add_argument("--quick", action="store_true",
+                   help="CPU smoke run: batch 8, 2 rounds x 25 steps (< 3 min on an idle 2-core CPU)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--methods", nargs="+", default=None,
                    help=f"configs/method/<name>.yaml, or {ERM_TARGET} (ERM forwarding the target too: the baseline of "
                         f"target-based methods); default {' '.join(METHODS)} (CUDA: {ERM_TARGET} too)")
-    p.add_argument("--batch-size", type=int, default=None, help="per stream (default 128 CPU, 64 CUDA, 16 quick)")
+    p.add_argument("--batch-size", type=int, default=None, help="per stream (default 128 CPU, 64 CUDA, 8 quick)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per block (default 50, quick 25)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps at the start of each block")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7, quick 3)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7, quick 2)")
     p.add_argument("--log-every", type=int, default=None, help="trainer.log_every_n_steps (default: da fit's)")
     p.add_argument("--backbone", default=None, help="default adda_lenet.AddaLeNet (CPU) / resnet50 (CUDA)")
     p.add_argument("--image-size", type=int, default=None, help="default 28 (LeNet) / 224")
@@ -311,9 +312,9 @@ def parse_args(argv: Optional[List[str]] = None):
     if args.quick and cuda:
         raise SystemExit("step_time.py: --quick is the CPU smoke run; drop --quick for the CUDA case")
     args.methods = args.methods or (list(METHODS[:1]) + [ERM_TARGET] + list(METHODS[1:]) if cuda else list(METHODS))
-    args.batch_size = args.batch_size or (16 if args.quick else 64 if cuda else 128)
+    args.batch_size = args.batch_size or (8 if args.quick else 64 if cuda else 128)
     args.steps = args.steps or (25 if args.quick else 50)
-    args.rounds = args.rounds or (3 if args.quick else 7)
+    args.rounds = args.rounds or (2 if args.quick else 7)
     args.backbone = args.backbone or ("resnet50" if cuda else "adda_lenet.AddaLeNet")
     lenet = "lenet" in args.backbone.lower()
     size = args.image_size or (28 if lenet else 224)
