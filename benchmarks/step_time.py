@@ -7,7 +7,7 @@
 
 Two variants of the same method, module and data:
 
-* ``trainer``: the model and Trainer are built by ``da``'s own CLI class (``da.cli._build_cli_class``, i.e. what
+* ``trainer``: the model and Trainer are built by ``da``'s own CLI class (``_build_cli_class`` of ``da fit``: what
   ``da fit --config configs/method/<m>.yaml`` builds: its defaults, the CSV logger in a run directory, the
   ``ModelCheckpoint`` callback, ``log_every_n_steps`` = 25, the progress bar) and trained with ``trainer.fit`` on
   ``da``'s ``DomainDataModule``. A step is the time between two consecutive ``on_train_batch_end`` calls of a timing
@@ -120,7 +120,10 @@ class MethodBench:
     """One method's CLI-built model, data module and Trainer factory, and its two timed variants."""
 
     def __init__(self, method: str, args, workdir: Path):
-        from da.cli import _build_cli_class
+        try:  # where `da fit`'s CLI class lives (da.runs.cli_fit since the runs package; da.cli before)
+            from da.runs.cli_fit import _build_cli_class
+        except ImportError:
+            from da.cli import _build_cli_class
 
         base = _build_cli_class()
         counter = {"i": 0}
