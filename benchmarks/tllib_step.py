@@ -177,7 +177,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             times[ru.name].append(ru.block(batch, args.warmup, args.steps))
         print(f"tllib_step: round {r + 1}/{args.rounds} ({time.time() - t0:.0f} s)", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"`python benchmarks/tllib_step.py {' '.join(sys.argv[1:])}`: batch {n} + {n}, torch threads "
+    print(f"`{' '.join(['python', 'benchmarks/tllib_step.py', *sys.argv[1:]])}`: batch {n} + {n}, torch threads "
           f"{torch.get_num_threads()}, {args.rounds} rounds x {args.steps} steps, thread CPU time\n")
     print("| step | CPU ms/step (median) | IQR ms | vs TLlib |\n|---|---:|---:|---:|")
     for k, v in times.items():
