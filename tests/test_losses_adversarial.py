@@ -155,7 +155,9 @@ def test_discriminator_shape_options():
     kinds = [type(m).__name__ for m in d]
     assert kinds == ["Linear", "ReLU", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
     assert d(torch.zeros(2, 5)).shape == (2, 4)
-    kinds = [type(m).__name__ for m in DomainDiscriminator(5, hidden=6)]
+    kinds = [type(m).__name__ for m in DomainDiscriminator(5, hidden=6)]  # the default: TLlib's, no dropout
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear"]
+    kinds = [type(m).__name__ for m in DomainDiscriminator(5, hidden=6, dropout=0.5)]
     assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Dropout"] * 2 + ["Linear"]
 
 
@@ -207,3 +209,19 @@ def test_linear_discriminator_with_zero_hidden_layers():
         d[0].weight.copy_(torch.tensor([[1.0, -2.0, 0.5]]))
         d[0].bias.fill_(0.25)
     assert d(torch.tensor([[2.0, 1.0, 4.0]])).item() == pytest.approx(2.0 - 2.0 + 2.0 + 0.25)
+
+
+def test_discriminator_dropout_default_follows_batch_norm():
+    def n_dropout(module):
+        return sum(isinstance(m, torch.nn.Dropout) for m in module.modules())
+
+    assert n_dropout(DomainDiscriminator(8)) == 0  # BN, no dropout: TLlib's discriminator
+    no_bn = DomainDiscriminator(8, batch_norm=False)
+    assert n_dropout(no_bn) == 2 and all(m.p == 0.5 for m in no_bn.modules() if isinstance(m, torch.nn.Dropout))
+    assert n_dropout(DomainDiscriminator(8, dropout=0.3)) == 2  # explicit: kept, with BN too
+    assert n_dropout(DomainAdversarialLoss(in_features=8).discriminator) == 0
+    assert n_dropout(DomainAdversarialLoss(in_features=8, batch_norm=False).discriminator) == 2
+    assert n_dropout(CDAN(in_features=4, num_classes=3).discriminator) == 0
+    assert n_dropout(CDAN(in_features=4, num_classes=3, dropout=0.5).discriminator) == 2
+    with pytest.raises(ValueError, match="dropout must be in"):
+        DomainDiscriminator(8, dropout=1.0)

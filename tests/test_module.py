@@ -108,6 +108,7 @@ def test_training_step_adds_weighted_terms_and_weights_sources(monkeypatch):
     logged = {}
     monkeypatch.setattr(m, "log_dict", lambda d, **k: logged.update(d))
     monkeypatch.setattr(m, "log", lambda *a, **k: None)
+    monkeypatch.setattr(m, "_train_logs_due", lambda: True)
     x = torch.randn(6, 8)
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     d = torch.tensor([0, 0, 0, 1, 1, 1])
@@ -116,7 +117,10 @@ def test_training_step_adds_weighted_terms_and_weights_sources(monkeypatch):
     loss = m.training_step(batch, 0)
     ce = torch.nn.functional.cross_entropy(m(x), y, reduction="none")
     assert loss.item() == pytest.approx(ce.mean().item() + 1.0, rel=1e-5)
-    assert logged["train/const_weight"].item() == 0.5
+    assert logged == {}  # the step's values are logged in on_train_batch_end, on the steps the logger writes
+    m.on_train_batch_end(loss, batch, 0)
+    assert logged["train/const_weight"].item() == 0.5 and logged["train/const"].item() == 2.0
+    assert logged["train/loss"].item() == pytest.approx(loss.item())
     m.source_weights[1] = 0.0  # the monitor's down-weighting of a harmful source
     loss = m.training_step(batch, 0)
     assert loss.item() == pytest.approx(ce[:3].mean().item() + 1.0, rel=1e-5)

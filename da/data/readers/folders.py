@@ -33,6 +33,10 @@ Unreadable files: with ``on_bad_image="skip"`` (default) every file's header is 
 one warning; with ``"error"`` the first one raises naming the file. A file that passes the header check but
 fails to decode later raises ``RuntimeError`` naming the file (in a worker too, where the DataLoader re-raises
 it). ``check_images=False`` skips the header scan (for very large folders, e.g. DomainNet).
+
+``cache_decoded=True`` (``--data.options '{cache_decoded: true}'``) decodes each image once into a ``uint8`` tensor
+cache, in memory and on disk, and runs the augmentation on the tensors: see :mod:`da.data.readers.image_cache` (for
+small datasets such as Office-31; ``cache_dir`` overrides ``$DA_CACHE_DIR``).
 """
 
 from __future__ import annotations
@@ -72,10 +76,15 @@ def build_transform(kind: str, image_size: int = DEFAULT_IMAGE_SIZE, channels: i
 
 
 class ImageFolderDataset(Dataset):
-    """Lazy ``(image tensor, label)`` items from a list of files; cheap to copy with another transform."""
+    """Lazy ``(image tensor, label)`` items from a list of files; cheap to copy with another transform.
+
+    ``images``: the decoded ``uint8`` cache ``(n, C, S, S)`` of ``files`` (:mod:`~da.data.readers.image_cache`);
+    when given, items are cut from it by tensor transforms instead of decoding the files.
+    """
 
     def __init__(self, files: Sequence[str], labels: Sequence[int], classes: Sequence[str], kind: str = "eval",
-                 image_size: int = DEFAULT_IMAGE_SIZE, channels: int = 3) -> None:
+                 image_size: int = DEFAULT_IMAGE_SIZE, channels: int = 3,
+                 images: Optional[torch.Tensor] = None) -> None:
         if len(files) != len(labels):
             raise ValueError(f"{len(files)} files but {len(labels)} labels")
         if channels not in (1, 3):
@@ -86,7 +95,19 @@ class ImageFolderDataset(Dataset):
         self.image_size = int(image_size)
         self.channels = int(channels)
         self.kind = kind
-        self.transform = build_transform(kind, self.image_size, self.channels)
+        if images is not None and (images.dtype != torch.uint8 or tuple(images.shape[:2]) != (len(files), channels)):
+            raise ValueError(f"images must be a uint8 tensor (n={len(files)}, C={channels}, S, S), got "
+                             f"{images.dtype} {tuple(images.shape)}")
+        self.images = images
+        self.transform = self._transform(kind)
+
+    def _transform(self, kind: str):
+        if self.images is None:
+            return build_transform(kind, self.image_size, self.channels)
+        from da.data.readers.image_cache import build_tensor_transform
+
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.channels == 3 else (GREY_MEAN, GREY_STD)
+        return build_tensor_transform(kind, self.image_size, mean, std)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -103,13 +124,15 @@ class ImageFolderDataset(Dataset):
                                f"check at load time, so the file is damaged inside: remove or replace it") from err
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
+        if self.images is not None:
+            return self.transform(self.images[i]), int(self.labels[i])
         return self.transform(self.load_image(i)), int(self.labels[i])
 
     def with_transform(self, kind: str) -> "ImageFolderDataset":
         """A copy with the ``kind`` transform, sharing the file list and labels (no copy of them)."""
         new = copy.copy(self)
         new.kind = kind
-        new.transform = build_transform(kind, self.image_size, self.channels)
+        new.transform = new._transform(kind)
         return new
 
 
@@ -151,7 +174,8 @@ def scan_image_folder(folder: Path) -> Tuple[List[str], List[int], List[str]]:
 
 
 def load_image_domain(name: str, folder: Path, *, image_size: Optional[int] = None, channels: Optional[int] = None,
-                      on_bad_image: str = "skip", check_images: bool = True) -> Dict[str, Domain]:
+                      on_bad_image: str = "skip", check_images: bool = True, cache_decoded: bool = False,
+                      cache_dir: Optional[str] = None) -> Dict[str, Domain]:
     """One image-folder domain ``folder/<class>/*`` as ``{"all": Domain}`` (see the module docstring)."""
     if on_bad_image not in ("skip", "error"):
         raise ValueError(f"on_bad_image='{on_bad_image}' must be 'skip' (drop and count unreadable images) "
@@ -178,11 +202,18 @@ def load_image_domain(name: str, folder: Path, *, image_size: Optional[int] = No
             f"no images found in '{folder}'{extra}: expected {folder}/<class>/<image> with extensions "
             f"{', '.join(IMG_EXTENSIONS)}; found class folders: {classes or 'none'}")
     size = DEFAULT_IMAGE_SIZE if image_size is None else int(image_size)
-    ds = ImageFolderDataset(files, labels, classes, kind="eval", image_size=size,
-                            channels=3 if channels is None else int(channels))
+    chans = 3 if channels is None else int(channels)
+    images, cache_info = None, None
+    if cache_decoded:
+        from da.data.readers.image_cache import load_or_build
+
+        images, cache_info = load_or_build(files, chans, size, cache_dir)
+    ds = ImageFolderDataset(files, labels, classes, kind="eval", image_size=size, channels=chans, images=images)
     meta = {"folder": str(folder), "skipped": len(skipped), "skipped_files": skipped[:20], "image_size": size,
             "normalization": {"mean": list(IMAGENET_MEAN if ds.channels == 3 else GREY_MEAN),
                               "std": list(IMAGENET_STD if ds.channels == 3 else GREY_STD)}}
+    if cache_info is not None:
+        meta["image_cache"] = cache_info
     return {"all": Domain(name, classes, ds.labels, dataset=ds, modality="image", meta=meta)}
 
 
@@ -235,7 +266,8 @@ def _make_folder_loader(dataset: str):
 
     def loader(domain: str, root: Optional[str] = None, *, image_size: Optional[int] = None,
                channels: Optional[int] = None, on_bad_image: str = "skip", check_images: bool = True,
-               download: bool = False, **_: Any) -> Dict[str, Domain]:
+               download: bool = False, cache_decoded: bool = False, cache_dir: Optional[str] = None,
+               **_: Any) -> Dict[str, Domain]:
         if domain not in domains:
             raise unknown_name(f"domain of dataset '{dataset}'", domain, domains)
         if download:  # fetch, verify and extract it first when it is missing (da/data/download.py)
@@ -244,7 +276,8 @@ def _make_folder_loader(dataset: str):
                 download_dataset(dataset, root)
         folder = _find_domain_folder(_find_dataset_folder(resolve_root(root), dataset), domain, dataset)
         return load_image_domain(f"{dataset}/{domain}", folder, image_size=image_size, channels=channels,
-                                 on_bad_image=on_bad_image, check_images=check_images)
+                                 on_bad_image=on_bad_image, check_images=check_images,
+                                 cache_decoded=cache_decoded, cache_dir=cache_dir)
 
     loader.__name__ = f"load_{dataset}"
     loader.__doc__ = f"{FOLDER_DATASETS[dataset][2]}; domains {', '.join(domains)}; returns {{'all': Domain}}."
@@ -260,7 +293,7 @@ for _name in FOLDER_DATASETS:
                   description="any <root>/<domain>/<class>/*.jpg tree; the domain is the sub-folder name")
 def load_imagefolder(domain: str, root: Optional[str] = None, *, image_size: Optional[int] = None,
                      channels: Optional[int] = None, on_bad_image: str = "skip", check_images: bool = True,
-                     **_: Any) -> Dict[str, Domain]:
+                     cache_decoded: bool = False, cache_dir: Optional[str] = None, **_: Any) -> Dict[str, Domain]:
     """``<root>/<domain>/<class>/*`` as ``{"all": Domain}`` (``root``: --data.root, $DA_DATA_ROOT or ./data)."""
     base = resolve_root(root)
     if not base.is_dir():
@@ -268,4 +301,5 @@ def load_imagefolder(domain: str, root: Optional[str] = None, *, image_size: Opt
                                  f"pass --data.root <folder> where <folder>/{domain}/<class>/<image> holds your images")
     folder = _find_domain_folder(base, domain, "imagefolder")
     return load_image_domain(f"imagefolder/{domain}", folder, image_size=image_size, channels=channels,
-                             on_bad_image=on_bad_image, check_images=check_images)
+                             on_bad_image=on_bad_image, check_images=check_images, cache_decoded=cache_decoded,
+                             cache_dir=cache_dir)
