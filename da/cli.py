@@ -125,7 +125,8 @@ def _build_cli_class():
             user_cbs = list(config.get("callbacks") or [])
             if not any(isinstance(c, ModelCheckpoint) for c in user_cbs + callbacks):
                 callbacks.append(ModelCheckpoint(dirpath=str(self.run_dir / "checkpoints"), filename="best",
-                                                 monitor="val/source_acc", mode="max", save_last=True,
+                                                 monitor=getattr(self.datamodule, "selection_metric", "val/source_acc"),
+                                                 mode="max", save_last=True,
                                                  enable_version_counter=False))
             return super()._instantiate_trainer(config, callbacks)
 

@@ -137,6 +137,12 @@ class DomainDataModule(pl.LightningDataModule):
         return ("target",) if self.source_free else ("source", "target")
 
     @property
+    def selection_metric(self) -> Optional[str]:
+        """What ``best.ckpt`` maximises: the source validation accuracy; None (the latest) when source-free, which has
+        no labelled validation data (target labels are never used for selection)."""
+        return None if self.source_free else "val/source_acc"
+
+    @property
     def task(self) -> str:
         return "+".join(self.sources) + "->" + self.target
 
