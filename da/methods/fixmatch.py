@@ -11,7 +11,8 @@ strong view ``A(x)`` of each target sample (:mod:`da.methods.augment`)::
 so a target sample contributes only when the weak view's prediction is confident (``threshold`` tau, 0.95 in the
 paper), and its pseudo-label then trains the strong view. The labelled, weak and strong batches go through **one**
 forward (BatchNorm sees them together, as the paper's interleaving does). The ratio ``mu`` (7 in the paper) is the
-data module's ``unlabeled_ratio`` (the target loader's batch is ``round(mu B)``), set in ``configs/method/fixmatch.yaml``.
+data module's ``unlabeled_ratio`` (the target loader's batch is ``round(mu B)``), set in
+``configs/method/fixmatch.yaml``.
 
 A single optimiser over the whole model (the recipe's): FixMatch needs no update rule of its own, only its own
 views of the batch, which a loss term cannot make (it sees features, not inputs), hence a ``TrainingMethod``.
@@ -71,7 +72,8 @@ class FixMatch(TrainingMethod):
                              f"{num_ops}, {strong_mask}")
         self.threshold, self.weight, self.augment_labeled = float(threshold), float(weight), bool(augment_labeled)
         self.num_ops, self.flip = int(num_ops), bool(flip)
-        self.weak_noise, self.strong_noise, self.strong_mask = float(weak_noise), float(strong_noise), float(strong_mask)
+        self.weak_noise, self.strong_noise = float(weak_noise), float(strong_noise)
+        self.strong_mask = float(strong_mask)
 
     def weak(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
@@ -85,7 +87,7 @@ class FixMatch(TrainingMethod):
     @staticmethod
     def _check(x: Any) -> None:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim not in (2, 4):
-            kind = type(x).__name__ if not isinstance(x, torch.Tensor) else f"{x.dtype} tensor of shape {tuple(x.shape)}"
+            kind = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
             raise UserError(f"FixMatch augments images (n, C, H, W) or feature vectors (n, d); got a {kind} "
                             "(for text use pre-computed features, e.g. configs/data/amazon_minilm_features.yaml)")
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any, Dict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from da.errors import unknown_name

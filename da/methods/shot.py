@@ -88,7 +88,8 @@ class SHOT(TrainingMethod):
         if beta < 0 or div_weight < 0:
             raise ValueError(f"SHOT needs beta >= 0 and div_weight >= 0, got {beta}, {div_weight}")
         if refresh_every is not None and refresh_every < 1:
-            raise ValueError(f"refresh_every must be >= 1 (or null: once per pass over the target), got {refresh_every}")
+            raise ValueError(f"refresh_every must be >= 1 (or null: once per pass over the target), "
+                             f"got {refresh_every}")
         self.beta, self.div_weight, self.refresh_every, self.eps = float(beta), float(div_weight), refresh_every, eps
         self.register_buffer("centroids", torch.zeros(0))
         self.register_buffer("refreshed_at", torch.tensor(-1, dtype=torch.long))
