@@ -144,7 +144,8 @@ def test_source_free_mode_never_reads_a_source(monkeypatch):
     assert len(dm.val_dataloader()) == len(dm.test_dataloader()) == 1
     assert [len(b[0]) for b in dm.target_train_eval_loader()] == [300]  # in dataset order, eval batch 512
     assert dm.split_info["source_free"] is True and dm.split_info["sources"] == {}
-    assert dm.selection_metric is None and _dm().selection_metric == "val/source_acc"
+    assert dm.selection_metric is None
+    assert DomainDataModule(sources=["blobs/0"], target="blobs/1").selection_metric == "val/source_acc"
 
 
 def test_unlabeled_ratio_sizes_the_target_batch():
