@@ -22,6 +22,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from da.checkpoints import read_state_dict
 from da.errors import unknown_name
 from da.losses.base import AdaptationLoss, StepContext
+from da.methods.base import (TrainingMethod, attach_method, check_fit, configure_method_optimizers, eval_domain,
+                             method_training_step)
 from da.models.backbones import Bottleneck, build_backbone
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -51,6 +53,8 @@ class TransferModule(pl.LightningModule):
         concat_forward: one backbone forward on ``cat(x_s, x_t)`` (BatchNorm sees both domains, as in TLlib's DANN);
             False runs two forwards.
         label_smoothing: of the cross-entropy.
+        method: a :class:`~da.methods.base.TrainingMethod` that owns its modules, optimisers and update rule (ADDA,
+            MCD, FixMatch, SHOT); the module then runs Lightning manual optimisation (see docs/training_methods.md).
     """
 
     def __init__(self, num_classes: int = 10, input_shape: Sequence[int] = (1, 16, 16), num_sources: int = 1,
@@ -61,7 +65,7 @@ class TransferModule(pl.LightningModule):
                  freeze_blocks: int = 0, optimizer: str = "adam", lr: float = 1e-3, momentum: float = 0.9,
                  weight_decay: float = 0.0, backbone_lr_mult: float = 1.0, no_decay_norm_bias: bool = True,
                  scheduler: str = "none", step_size: float = 0.5, gamma: float = 0.1, concat_forward: bool = True,
-                 label_smoothing: float = 0.0):
+                 label_smoothing: float = 0.0, method: Optional[TrainingMethod] = None):
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise unknown_name("optimizer", optimizer, OPTIMIZERS)
@@ -69,7 +73,7 @@ class TransferModule(pl.LightningModule):
             raise unknown_name("scheduler", scheduler, SCHEDULERS)
         if init_head not in ("auto", "always", "never"):
             raise unknown_name("init_head mode", init_head, ("auto", "always", "never"))
-        self.save_hyperparameters(ignore=["losses"])
+        self.save_hyperparameters(ignore=["losses", "method"])
         self.num_classes = int(num_classes)
         self.num_sources = int(num_sources)
         self.backbone = build_backbone(backbone, input_shape, **(backbone_args or {}))
@@ -80,7 +84,7 @@ class TransferModule(pl.LightningModule):
         names = [l.name for l in self.losses]
         if len(set(names)) != len(names):
             raise ValueError(f"two loss terms share a name {names}: give each a distinct `name`")
-        self.method_name = method_name or ("+".join(names) if names else "erm")
+        self.method_name = method_name or (method.name if method is not None else "+".join(names) if names else "erm")
         # per-domain weight of the supervised loss (sources 0..D-1, labelled target D); the negative-transfer monitor
         # may down-weight a harmful source here
         self.register_buffer("source_weights", torch.ones(self.num_sources + 1), persistent=True)
@@ -96,6 +100,7 @@ class TransferModule(pl.LightningModule):
         for loss in self.losses:
             loss.setup(self)
         self.needs_target = any(getattr(l, "needs_target", True) for l in self.losses)
+        self.method = attach_method(self, method)  # None, or the method (manual optimisation from here on)
         self.acc = nn.ModuleDict({
             f"{split}_{dom}_{avg}": MulticlassAccuracy(self.num_classes, average=avg)
             for split in ("val", "test") for dom in ("source", "target") for avg in ("micro", "macro")})
@@ -183,7 +188,18 @@ class TransferModule(pl.LightningModule):
             return 0.0
         return min(self.global_step / total, 1.0)
 
+    def supervised_loss(self, logits_s: torch.Tensor, y_s: torch.Tensor, d_s: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on the labelled batch, weighted per domain by ``source_weights[d_s]``."""
+        ce = F.cross_entropy(logits_s, y_s, reduction="none", label_smoothing=self.hparams.label_smoothing)
+        w = self.source_weights[d_s]
+        return (ce * w).sum() / w.sum().clamp_min(1e-12)
+
+    def on_fit_start(self) -> None:
+        check_fit(self)
+
     def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if self.method is not None:
+            return method_training_step(self, batch)
         x_s, y_s, d_s = batch["source"]
         x_t = batch["target"][0] if self.needs_target else None
         n_s = len(y_s)
@@ -193,9 +209,7 @@ class TransferModule(pl.LightningModule):
         else:
             f_s, logits_s = self.features_and_logits(x_s)
             f_t, logits_t = self.features_and_logits(x_t) if x_t is not None else (None, None)
-        ce = F.cross_entropy(logits_s, y_s, reduction="none", label_smoothing=self.hparams.label_smoothing)
-        w = self.source_weights[d_s]
-        cls = (ce * w).sum() / w.sum().clamp_min(1e-12)
+        cls = self.supervised_loss(logits_s, y_s, d_s)
         p = self.progress
         ctx = StepContext(f_s=f_s, f_t=f_t, logits_s=logits_s, logits_t=logits_t, y_s=y_s, d_s=d_s,
                           num_sources=self.num_sources, progress=p, module=self, step=self.global_step)
@@ -248,8 +262,8 @@ class TransferModule(pl.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, split: str, batch, dataloader_idx: int) -> None:
         x, y, _ = batch
-        logits = self(x)
-        dom = "source" if dataloader_idx == 0 else "target"
+        dom = eval_domain(self, dataloader_idx)
+        logits = self(x) if self.method is None else self.method.eval_logits(self, x, dom)
         for avg in ("micro", "macro"):
             self.acc[f"{split}_{dom}_{avg}"].update(logits, y)
         if dom == "target":
@@ -327,9 +341,15 @@ class TransferModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
+        if self.method is not None:  # one optimiser (and scheduler) per parameter set of the method, same recipe
+            return configure_method_optimizers(self)
+        return self.optimizer_and_scheduler(self.named_parameters())
+
+    def optimizer_and_scheduler(self, named_parameters):
+        """The recipe's optimiser (and lr scheduler, stepped per iteration) over ``(name, parameter)`` pairs."""
         hp = self.hparams
         groups: Dict[tuple, List[nn.Parameter]] = {}
-        for name, p in self.named_parameters():
+        for name, p in named_parameters:
             if not p.requires_grad:
                 continue
             lr = hp.lr * (hp.backbone_lr_mult if name.startswith("backbone.") else 1.0)

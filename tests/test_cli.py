@@ -69,6 +69,28 @@ def test_resumed_run_is_identical_to_an_uninterrupted_one(tmp_path):
     assert _record(tmp_path / "full")["metrics"]["test/target_acc"] == _record(tmp_path / "cut")["metrics"]["test/target_acc"]
 
 
+def test_resumed_manual_method_run_is_identical_to_an_uninterrupted_one(tmp_path):
+    # MCD: two optimisers (their momentum states), six optimiser steps per iteration, dropout. (No lr schedule: the
+    # "kill" is simulated with a shorter max_steps, which would change a schedule's length.)
+    extra = ["--model.backbone_args", "{hidden: [16], dropout: 0.3}", "--model.optimizer", "sgd",
+             "--model.lr", "0.05", "--model.method", "da.methods.MCD",
+             "--model.method.num_generator_steps", "4"]
+    # the final in-memory states are compared (Lightning 2.6 rewrites last.ckpt only when best.ckpt improves)
+    full = run_cli(fit_args(tmp_path / "full", extra))
+    run_cli(fit_args(tmp_path / "cut", extra + ["--trainer.max_steps", "20"]))
+    cut = run_cli(fit_args(tmp_path / "cut", extra + ["--ckpt_path", "last"]))
+    assert full.trainer.global_step == cut.trainer.global_step == 40  # iterations, not optimiser steps
+    state_full, state_cut = full.model.state_dict(), cut.model.state_dict()
+    assert "method.classifier2.weight" in state_full
+    for k in state_full:
+        assert torch.equal(state_full[k], state_cut[k]), k
+    for a, b in zip(full.trainer.optimizers, cut.trainer.optimizers):
+        a, b = a.state_dict()["state"], b.state_dict()["state"]
+        assert a.keys() == b.keys() and all(torch.equal(a[i]["momentum_buffer"], b[i]["momentum_buffer"]) for i in a)
+    assert [h["step"] for h in _record(tmp_path / "cut")["history"]] == [20, 40]
+    assert _record(tmp_path / "full")["metrics"]["test/target_acc"] == _record(tmp_path / "cut")["metrics"]["test/target_acc"]
+
+
 def test_rerun_and_resume_into_a_directory_with_metrics(tmp_path):
     run = tmp_path / "r"
     run_cli(fit_args(run, ["--trainer.max_steps", "30"]))  # metrics.csv now has train/, val/ and test/ columns

@@ -122,3 +122,34 @@ def test_stratified_split_per_class():
     y = torch.tensor([0] * 10 + [1] * 4)
     rest, picked = stratified_split(y, 0.0, seed=0, per_class=3)
     assert torch.bincount(y[picked]).tolist() == [3, 3] and len(rest) == 8
+
+
+def test_source_free_mode_never_reads_a_source(monkeypatch):
+    import da.data.datamodule as dm_mod
+
+    real, read = dm_mod.load_domain, []
+
+    def loader(spec, **kw):
+        read.append(spec)
+        if spec == "blobs/0":
+            raise AssertionError("the source reader was called")
+        return real(spec, **kw)
+
+    monkeypatch.setattr(dm_mod, "load_domain", loader)
+    dm = _dm(supervision="target_unlabeled")
+    assert read == ["blobs/1"] and dm.source_free and dm.eval_domains == ("target",)
+    assert dm.task == "blobs/0->blobs/1"  # the sources still name the task (the source model's)
+    batch = next(iter(dm.train_dataloader()))[0]
+    assert set(batch) == {"target"} and batch["target"][0].shape == (16, 8)
+    assert len(dm.val_dataloader()) == len(dm.test_dataloader()) == 1
+    assert [len(b[0]) for b in dm.target_train_eval_loader()] == [300]  # in dataset order, eval batch 512
+    assert dm.split_info["source_free"] is True and dm.split_info["sources"] == {}
+    assert dm.selection_metric is None
+    assert DomainDataModule(sources=["blobs/0"], target="blobs/1").selection_metric == "val/source_acc"
+
+
+def test_unlabeled_ratio_sizes_the_target_batch():
+    batch = next(iter(_dm(unlabeled_ratio=3).train_dataloader()))[0]
+    assert len(batch["source"][1]) == 16 and len(batch["target"][1]) == 48
+    with pytest.raises(ValueError, match="unlabeled_ratio must be > 0"):
+        _dm(unlabeled_ratio=0)

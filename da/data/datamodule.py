@@ -16,6 +16,8 @@ Splits (all from ``seed``, recorded in ``split_info``):
 * ``target_labeled_per_class=k`` labels k samples per class of the target training split (few-shot fine-tuning and
   semi-supervised tasks); ``supervision="target"`` trains on them alone (all target training labels when k is None: the
   target oracle), ``"source+target"`` on both.
+* ``supervision="target_unlabeled"`` is source-free adaptation (SHOT): the sources name the task but are never read;
+  training batches are ``{"target": (x_t, y_t, d_t)}`` alone and evaluation is on the target only (``eval_domains``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from da.data.domain import Domain, get_dataset, load_domain, parse_domain
 from da.data.loaders import TensorBatches, stratified_split
 
-SUPERVISION = ("source", "target", "source+target")
+SUPERVISION = ("source", "target", "source+target", "target_unlabeled")
 
 
 class _Tagged(Dataset):
@@ -59,7 +61,7 @@ class DomainDataModule(pl.LightningDataModule):
         target: the target domain.
         root: data root laid out like ``../shared/data`` (default: ``$DA_DATA_ROOT`` or ``./data``).
         supervision: ``source`` (unsupervised DA), ``target`` (target-only: oracle or few-shot fine-tuning),
-            ``source+target`` (semi-supervised).
+            ``source+target`` (semi-supervised), ``target_unlabeled`` (source-free: the sources are never loaded).
         target_labeled_per_class: label k target samples per class (None: all, when supervision needs target labels).
         val_fraction: fraction of each source's training split held out for source validation.
         target_split: ``auto``, ``transductive``, ``official`` or a float fraction held out as target test set.
@@ -68,6 +70,8 @@ class DomainDataModule(pl.LightningDataModule):
         num_workers: worker processes for lazy (image folder, token) datasets; in-memory tensors need none.
         source_label_noise: fraction of each source's training labels replaced by a different random class (a float for
             all sources, or one per source): the controlled way to create negative transfer.
+        unlabeled_ratio: the unlabelled (target) training batch is ``round(unlabeled_ratio * batch_size)`` (FixMatch's
+            mu; default 1: equal batches).
         max_source_samples: cap each source's training split (stratified, seeded), e.g. the ADDA 2000-image protocol.
         options: keyword options for the dataset loaders (``image_size``, ``channels``, ``tokenizer``, ``encoder``, ...).
         on_device: keep in-memory domains on the training device.
@@ -80,7 +84,7 @@ class DomainDataModule(pl.LightningDataModule):
                  target_split: Union[str, float] = "auto", batch_size: int = 64, eval_batch_size: int = 512,
                  num_workers: int = 2, source_label_noise: Union[float, List[float]] = 0.0,
                  max_source_samples: Optional[int] = None, options: Optional[Dict[str, Any]] = None,
-                 on_device: bool = True, seed: int = 0):
+                 on_device: bool = True, seed: int = 0, unlabeled_ratio: float = 1.0):
         super().__init__()
         self.sources = [sources] if isinstance(sources, str) else list(sources)
         if not self.sources:
@@ -90,6 +94,10 @@ class DomainDataModule(pl.LightningDataModule):
         if supervision not in SUPERVISION:
             from da.errors import unknown_name
             raise unknown_name("supervision", supervision, SUPERVISION)
+        if not unlabeled_ratio > 0 or round(unlabeled_ratio * batch_size) < 1:
+            raise ValueError(f"unlabeled_ratio must be > 0 and give at least one target sample per batch, got "
+                             f"{unlabeled_ratio} x batch_size {batch_size}")
+        self.unlabeled_ratio = float(unlabeled_ratio)
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         noise = source_label_noise if isinstance(source_label_noise, (list, tuple)) else \
@@ -117,6 +125,22 @@ class DomainDataModule(pl.LightningDataModule):
     @property
     def num_sources(self) -> int:
         return len(self.sources)
+
+    @property
+    def source_free(self) -> bool:
+        """True for ``supervision="target_unlabeled"``: no source sample is ever read."""
+        return self.supervision == "target_unlabeled"
+
+    @property
+    def eval_domains(self) -> tuple:
+        """The domain of each validation / test loader, in order."""
+        return ("target",) if self.source_free else ("source", "target")
+
+    @property
+    def selection_metric(self) -> Optional[str]:
+        """What ``best.ckpt`` maximises: the source validation accuracy; None (the latest) when source-free, which has
+        no labelled validation data (target labels are never used for selection)."""
+        return None if self.source_free else "val/source_acc"
 
     @property
     def task(self) -> str:
@@ -148,14 +172,14 @@ class DomainDataModule(pl.LightningDataModule):
         if self._prepared:
             return
         seed = self.seed
-        loaded = [self._load(s) for s in self.sources]
+        loaded = [] if self.source_free else [self._load(s) for s in self.sources]
         tgt = self._load(self.target)
         ref_classes = _classes_of(tgt)
         self.classes = ref_classes
 
         self.source_train, self.source_val, self.source_test = [], [], []
         info: Dict[str, Any] = {"seed": seed, "num_classes": len(ref_classes), "classes": list(ref_classes),
-                                "sources": {}, "target": {}}
+                                "sources": {}, "target": {}, "source_free": self.source_free}
         for d, (spec, parts) in enumerate(zip(self.sources, loaded)):
             parts = {k: _align_classes(v, ref_classes, spec, self.target) for k, v in parts.items()}
             train = parts.get("train", parts.get("all"))
@@ -202,7 +226,7 @@ class DomainDataModule(pl.LightningDataModule):
         self.target_val = t_train.subset(val_idx)
 
         self.target_labeled: Optional[Domain] = None
-        if self.supervision != "source" or self.target_labeled_per_class is not None:
+        if self.supervision not in ("source", "target_unlabeled") or self.target_labeled_per_class is not None:
             if self.target_labeled_per_class is None:
                 self.target_labeled = t_train
             else:
@@ -263,10 +287,11 @@ class DomainDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         labelled = self._labelled_domains()
-        if not labelled:
+        if not labelled and not self.source_free:
             raise ValueError("no labelled training data: supervision='target' needs target labels")
-        loaders = {"source": self._loader(labelled, self.batch_size, True, 101),
-                   "target": self._loader([(self.target_train, self.num_sources)], self.batch_size, True, 202)}
+        n_t = round(self.unlabeled_ratio * self.batch_size)
+        loaders = {"source": self._loader(labelled, self.batch_size, True, 101)} if labelled else {}
+        loaders["target"] = self._loader([(self.target_train, self.num_sources)], n_t, True, 202)
         step = self.trainer.global_step if self.trainer is not None else 0
         if step and all(isinstance(l, TensorBatches) for l in loaders.values()):
             # a resumed run: put every stream where an uninterrupted run would be (exact resume)
@@ -277,13 +302,18 @@ class DomainDataModule(pl.LightningDataModule):
 
     def val_dataloader(self):
         src = [(dom, d) for d, dom in enumerate(self.source_val)]
-        return [self._loader(src, self.eval_batch_size, False, 0),
-                self._loader([(self.target_val, self.num_sources)], self.eval_batch_size, False, 0)]
+        tgt = self._loader([(self.target_val, self.num_sources)], self.eval_batch_size, False, 0)
+        return [tgt] if self.source_free else [self._loader(src, self.eval_batch_size, False, 0), tgt]
 
     def test_dataloader(self):
         src = [(dom, d) for d, dom in enumerate(self.source_test)]
-        return [self._loader(src, self.eval_batch_size, False, 0),
-                self._loader([(self.target_test, self.num_sources)], self.eval_batch_size, False, 0)]
+        tgt = self._loader([(self.target_test, self.num_sources)], self.eval_batch_size, False, 0)
+        return [tgt] if self.source_free else [self._loader(src, self.eval_batch_size, False, 0), tgt]
+
+    def target_train_eval_loader(self):
+        """The target's unlabelled training split in dataset order, eval transform (for methods that cluster or
+        pseudo-label the whole target, e.g. SHOT's centroids). Under DDP each rank gets its contiguous share."""
+        return self._loader([(self.target_train, self.num_sources)], self.eval_batch_size, False, 0)
 
     def predict_dataloader(self):
         return self._loader([(self.target_test, self.num_sources)], self.eval_batch_size, False, 0)

@@ -175,7 +175,8 @@ def _build_cli_class():
             user_cbs = [user_cbs] if isinstance(user_cbs, Callback) else list(user_cbs)  # one callback or a list
             if not any(isinstance(c, ModelCheckpoint) for c in user_cbs + callbacks):
                 callbacks.append(ModelCheckpoint(dirpath=str(self.run_dir / "checkpoints"), filename="best",
-                                                 monitor="val/source_acc", mode="max", save_last=True,
+                                                 monitor=getattr(self.datamodule, "selection_metric", "val/source_acc"),
+                                                 mode="max", save_last=True,
                                                  enable_version_counter=False))
             callbacks.append(_Heartbeat(self))
             add_progress_bar(config, callbacks)  # one bar: global step / total, ETA, key metrics
