@@ -69,7 +69,8 @@ class MarginDisparityDiscrepancy(AdaptationLoss):
             :meth:`setup` (``classifier.in_features`` / ``classifier.out_features``).
         hidden, num_layers, dropout: the head's shape (:func:`auxiliary_head`); the authors' and TLlib's head is
             ``Linear(d, 1024) -> ReLU -> Dropout(0.5) -> Linear(1024, C)`` (``num_layers=1``); ``num_layers=0`` is a
-            linear head, the same hypothesis class as ``da``'s linear classifier.
+            linear head, the same hypothesis class as ``da``'s linear classifier, but it diverged on the Amazon
+            features (the reversed gradient scales the features up without bound; docs/methods.md).
         grl_max: the largest GRL coefficient (0.1 in the authors' code).
         weight: scales the whole term (both players); 1 in the paper.
         schedule: the shape of the GRL coefficient over progress (default ``"dann"``: ``2/(1+exp(-10p)) - 1``),
