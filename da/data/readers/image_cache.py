@@ -98,7 +98,7 @@ class TensorTransform:
     """The augmentation on one cached ``uint8`` image ``(C, S, S)``, in a few tensor operations.
 
     ``train``: a ``RandomResizedCrop(image_size, scale=(0.5, 1), ratio=(3/4, 4/3))`` box (torchvision's sampler),
-    resized with bilinear antialiased interpolation, flipped with probability 1/2; ``eval``: the central
+    resized with bilinear antialiased interpolation on the ``uint8`` pixels (rounded, as ``v2`` does), flipped with probability 1/2; ``eval``: the central
     ``image_size`` square. Then ``(x / 255 - mean) / std``, as ``ToTensor`` + ``Normalize``. (torchvision's ``v2``
     transforms compute the same but cost several times more Python per image.)
     """
@@ -121,9 +121,11 @@ class TensorTransform:
             x = img[:, top: top + n, left: left + n].float()
         else:
             top, left, h, w = RandomResizedCrop.get_params(img, scale=[0.5, 1.0], ratio=[3.0 / 4.0, 4.0 / 3.0])
-            x = img[:, top: top + h, left: left + w].float()
-            if (h, w) != (n, n):
-                x = F.interpolate(x[None], size=(n, n), mode="bilinear", align_corners=False, antialias=True)[0]
+            x = img[None, :, top: top + h, left: left + w]
+            if (h, w) != (n, n):  # on uint8 in channels_last: torch's fast path, as transforms.v2 does (2.4x float's)
+                x = F.interpolate(x.contiguous(memory_format=torch.channels_last), size=(n, n), mode="bilinear",
+                                  align_corners=False, antialias=True)
+            x = x[0].float()
             if torch.rand(1).item() < 0.5:
                 x = x.flip(-1)
         return x.div_(255.0).sub_(self.mean).div_(self.std)
