@@ -78,6 +78,9 @@ def _build_cli_class():
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_argument("--run_dir", type=Optional[str], default=None,
                                 help="directory of this run (default runs/<task>/<method>/<time>)")
+            parser.add_argument("--recipe", type=Optional[str], default=None,
+                                help="name of the benchmark recipe (configs/benchmark/<name>.yaml sets it); recorded "
+                                     "in result.json and named in `da table` captions")
             parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
             parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
             parser.link_arguments("data.num_sources", "model.num_sources", apply_on="instantiate")
@@ -166,7 +169,7 @@ def _build_cli_class():
                 "split_info": self.datamodule.split_info, "wall_time_s": round(time.time() - self._t0, 3),
                 "git_commit": git_commit(), "versions": versions(), "run_dir": str(self.run_dir),
                 "started_at": self._started, "finished_at": now() if status != "running" else None, "error": error,
-                "subcommand": self.subcommand,
+                "subcommand": self.subcommand, "recipe": cfg.get("recipe"),
             })
             if getattr(self.model, "init_info", None):
                 rec["init_from"] = self.model.init_info
