@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Optional, Union
 import torch
 from torch import nn
 
-from da.losses.schedules import Schedule, make_schedule
+from da.losses.schedules import Schedule, make_schedule, schedule_value
 
 
 @dataclass
@@ -96,7 +96,7 @@ class AdaptationLoss(nn.Module):
 
     def current_weight(self, progress: float, step: Optional[int] = None) -> float:
         """``weight * schedule(progress, step)``: the coefficient applied at this step (``step`` = global step)."""
-        return self.weight * self.schedule(progress, step)
+        return self.weight * schedule_value(self.schedule, progress, step)
 
     def setup(self, module: nn.Module) -> None:
         """Hook called by `TransferModule` when training starts (after weights are loaded)."""

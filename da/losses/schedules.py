@@ -89,6 +89,12 @@ _NAMED = {"constant": Constant, "dann": DANNSchedule, "linear": LinearWarmup, "w
           "warm_start": WarmStart, "tllib": tllib_warm_start}
 
 
+def schedule_value(schedule: Any, p: float, step: Optional[int] = None) -> float:
+    """``schedule(p, step)`` for step-based schedules (``uses_step``), else ``schedule(p)``: a user's schedule that is
+    any callable of progress alone keeps working."""
+    return schedule(p, step) if getattr(schedule, "uses_step", False) else schedule(p)
+
+
 def make_schedule(spec: Union[str, Schedule, Mapping[str, Any], None]) -> Schedule:
     """Build a schedule from a name (``constant``, ``dann``, ``linear``/``warmup``, ``warm_start``, ``tllib``), a
     mapping ``{name: <name>, <arg>: <value>, ...}`` (e.g. ``{name: warm_start, max_iters: 2500}``) or pass one
