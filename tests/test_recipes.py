@@ -151,3 +151,28 @@ def test_benchmark_data_configs_hold_only_data(path):
         pytest.skip("a complete fine-tuning / text config, not one of the benchmark protocols' data files")
     assert set(cfg) == {"data"}, f"{path.name} sets {sorted(set(cfg) - {'data'})}: those belong to a recipe"
     assert "batch_size" not in cfg["data"] and "val_fraction" not in cfg["data"]
+
+
+def test_amazon_logreg_row_uses_every_pair(monkeypatch):
+    import importlib.util
+
+    from da.data import domain as domain_mod
+    from da.data.domain import Domain
+
+    spec = importlib.util.spec_from_file_location("logreg", ROOT / "papers" / "dann_amazon" / "logreg.py")
+    logreg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(logreg)
+    g = torch.Generator().manual_seed(0)
+
+    def fake(name, root=None, standardize="none"):  # separable on feature 0, the sign flipped in "kitchen"
+        def part(n):
+            y = torch.arange(n) % 2
+            x = torch.randn(n, 3, generator=g) * 0.1
+            x[:, 0] += (2 * y - 1).float() * (-1.0 if name.endswith("kitchen") else 1.0)
+            return Domain(name, ["negative", "positive"], y, x=x, modality="features")
+        return {"train": part(40), "test": part(20)}
+
+    monkeypatch.setattr(domain_mod, "load_domain", fake)
+    acc = logreg.pair_accuracies("unused")
+    assert len(acc) == 12
+    assert all(a == (0.0 if "kitchen" in (s, t) else 1.0) for (s, t), a in acc.items())
