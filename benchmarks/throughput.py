@@ -249,7 +249,8 @@ def parse_args(argv: Optional[List[str]] = None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--model", default=None, help="backbone name: lenet, resnet18, resnet50, ... "
-                                                 "(default resnet50 on CUDA, lenet on CPU)")
+                                                 "(default resnet50 on CUDA, lenet_bn on CPU: the net of the "
+                                                 "CPU numbers in benchmarks/README.md)")
     p.add_argument("--image-size", type=int, default=None, help="input height = width (default 224 / 28)")
     p.add_argument("--channels", type=int, default=None, help="input channels (default 3 / 1)")
     p.add_argument("--batch-size", type=int, default=64, help="per stream: source and target batches each")
@@ -284,9 +285,10 @@ def resolve(args) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda but torch.cuda.is_available() is False; use --device cpu")
     gpu = device.type == "cuda"
-    args.model = args.model or ("resnet50" if gpu else "lenet")
-    args.image_size = args.image_size or (224 if gpu or args.model != "lenet" else 28)
-    args.channels = args.channels or (1 if args.model == "lenet" else 3)
+    args.model = args.model or ("resnet50" if gpu else "lenet_bn")
+    digits = args.model in ("lenet", "lenet_bn")
+    args.image_size = args.image_size or (224 if gpu or not digits else 28)
+    args.channels = args.channels or (1 if digits else 3)
     args.num_classes = args.num_classes or (31 if args.model.startswith(("resnet", "vit")) else 10)
     if args.bottleneck_dim is None:
         args.bottleneck_dim = 256 if args.model.startswith("resnet") else 0
