@@ -89,7 +89,7 @@ experiments:
 examples:
   da fit --config configs/quickstart.yaml
   da fit --config configs/quickstart.yaml --config configs/method/dann.yaml --seed_everything 1
-  da fit --config configs/data/jda_mnist_usps.yaml --config configs/method/mmd.yaml --data.root ../shared/data
+  da fit --config configs/data/jda_mnist_usps.yaml --config configs/benchmark/digits_tllib.yaml --config configs/method/mmd.yaml
   da sweep experiments/digits_ablation.yaml && da table runs/sweeps/digits_ablation
 """
 

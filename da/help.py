@@ -138,7 +138,7 @@ def list_datasets() -> List[str]:
 def list_backbones() -> List[str]:
     from da.models import backbones as B
 
-    named = [("lenet", getattr(B, "LeNet", None)), ("mlp", getattr(B, "MLP", None)),
+    named = [("lenet", getattr(B, "LeNet", None)), ("lenet_bn", getattr(B, "LeNetBN", None)), ("mlp", getattr(B, "MLP", None)),
              ("linear", getattr(B, "Flatten", None)), ("hf", getattr(B, "_hf", None)),
              ("branches", getattr(B, "_branches", None))]
     fallback = {"hf": "a Hugging Face transformer encoder for text (docs/text.md)"}

@@ -27,7 +27,7 @@ from da.methods.base import (TrainingMethod, attach_method, check_fit, configure
 from da.models.backbones import Bottleneck, build_backbone
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "cosine", "step", "dann")
+SCHEDULERS = ("none", "cosine", "step", "dann", "inv")
 
 
 class TransferModule(pl.LightningModule):
@@ -37,7 +37,8 @@ class TransferModule(pl.LightningModule):
         num_classes, input_shape, num_sources: filled in from the data module (linked by the CLI).
         backbone: ``lenet``, ``mlp``, ``linear``, ``hf``, a torchvision name (``resnet18``, ...) or ``pkg.module.Class``.
         backbone_args: keyword arguments of the backbone (e.g. ``{pretrained: true}``, ``{hidden: [256]}``).
-        bottleneck_dim: width of a ``Linear-BN-ReLU-Dropout`` layer between backbone and classifier (None: none).
+        bottleneck_dim: width of a ``Linear-BN-ReLU-Dropout`` layer between backbone and classifier (None: none);
+            ``bottleneck_bn`` and ``bottleneck_dropout`` (0: no dropout layer) shape it (TLlib: BN, no dropout).
         losses: adaptation terms, e.g. ``[{class_path: da.losses.DomainAdversarialLoss, init_args: {weight: 1.0}}]``.
         method_name: the name results are grouped under (default: the loss terms' names joined by ``+``, or ``erm``).
         init_from: a checkpoint whose backbone (and head, when the label sets match or ``init_head='always'``) is the
@@ -49,7 +50,9 @@ class TransferModule(pl.LightningModule):
         backbone_lr_mult: learning-rate multiplier of the backbone (e.g. 0.1 when fine-tuning).
         no_decay_norm_bias: no weight decay on biases and normalisation weights.
         scheduler: ``none``, ``cosine``, ``step`` (x``gamma`` every ``step_size`` fraction of training) or ``dann``
-            (``lr / (1 + 10 p)^0.75``, Ganin & Lempitsky 2015).
+            (``lr / (1 + 10 p)^0.75``, Ganin & Lempitsky 2015, p = progress), or ``inv``, the inverse decay of Caffe
+            and TLlib ``lr (1 + inv_gamma i)^-inv_power`` of the optimiser step i, independent of ``max_steps``
+            (TLlib: inv_gamma 0.001, inv_power 0.75).
         concat_forward: one backbone forward on ``cat(x_s, x_t)`` (BatchNorm sees both domains, as in TLlib's DANN);
             False runs two forwards.
         label_smoothing: of the cross-entropy.
@@ -59,18 +62,21 @@ class TransferModule(pl.LightningModule):
 
     def __init__(self, num_classes: int = 10, input_shape: Sequence[int] = (1, 16, 16), num_sources: int = 1,
                  backbone: str = "lenet", backbone_args: Optional[Dict[str, Any]] = None,
-                 bottleneck_dim: Optional[int] = None, bottleneck_dropout: float = 0.5,
+                 bottleneck_dim: Optional[int] = None, bottleneck_dropout: float = 0.5, bottleneck_bn: bool = True,
                  losses: Optional[List[AdaptationLoss]] = None, method_name: Optional[str] = None,
                  init_from: Optional[str] = None, init_head: str = "auto", freeze_backbone: bool = False,
                  freeze_blocks: int = 0, optimizer: str = "adam", lr: float = 1e-3, momentum: float = 0.9,
                  weight_decay: float = 0.0, backbone_lr_mult: float = 1.0, no_decay_norm_bias: bool = True,
-                 scheduler: str = "none", step_size: float = 0.5, gamma: float = 0.1, concat_forward: bool = True,
+                 scheduler: str = "none", step_size: float = 0.5, gamma: float = 0.1, inv_gamma: float = 0.001,
+                 inv_power: float = 0.75, concat_forward: bool = True,
                  label_smoothing: float = 0.0, method: Optional[TrainingMethod] = None):
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise unknown_name("optimizer", optimizer, OPTIMIZERS)
         if scheduler not in SCHEDULERS:
             raise unknown_name("scheduler", scheduler, SCHEDULERS)
+        if inv_gamma < 0 or inv_power < 0:
+            raise ValueError(f"scheduler inv needs inv_gamma >= 0 and inv_power >= 0, got {inv_gamma} and {inv_power}")
         if init_head not in ("auto", "always", "never"):
             raise unknown_name("init_head mode", init_head, ("auto", "always", "never"))
         self.save_hyperparameters(ignore=["losses", "method"])
@@ -78,7 +84,8 @@ class TransferModule(pl.LightningModule):
         self.num_sources = int(num_sources)
         self.backbone = build_backbone(backbone, input_shape, **(backbone_args or {}))
         feat = self.backbone.out_features
-        self.bottleneck = Bottleneck(feat, bottleneck_dim, bottleneck_dropout) if bottleneck_dim else nn.Identity()
+        self.bottleneck = Bottleneck(feat, bottleneck_dim, bottleneck_dropout, bottleneck_bn) if bottleneck_dim else \
+            nn.Identity()
         self.classifier = nn.Linear(bottleneck_dim or feat, self.num_classes)
         self.losses = nn.ModuleList(losses or [])
         names = [l.name for l in self.losses]
@@ -216,7 +223,7 @@ class TransferModule(pl.LightningModule):
         total = cls
         terms = []
         for term in self.losses:
-            coef = term.current_weight(p)
+            coef = term.current_weight(p, self.global_step)
             value = term(ctx)
             total = total + coef * value
             terms.append((term.name, value.detach(), coef, term.last_logs))
@@ -366,6 +373,9 @@ class TransferModule(pl.LightningModule):
             opt = torch.optim.AdamW(params, lr=hp.lr)
         if hp.scheduler == "none":
             return opt
+        if hp.scheduler == "inv":  # no dependence on the run's length
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, inverse_decay(hp.inv_gamma, hp.inv_power))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         if hp.scheduler == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
@@ -374,3 +384,11 @@ class TransferModule(pl.LightningModule):
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 + 10 * min(s / total, 1.0)) ** -0.75)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def inverse_decay(gamma: float, power: float):
+    """The learning-rate factor ``(1 + gamma i)^-power`` of the optimiser step i (Caffe's ``inv`` policy; TLlib's
+    ``LambdaLR(lambda i: (1 + 0.001 i) ** -0.75)``)."""
+    def factor(i: int) -> float:
+        return (1.0 + gamma * i) ** -power
+    return factor

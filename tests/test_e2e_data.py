@@ -53,7 +53,8 @@ def test_office31_amazon_to_webcam_resnet18(shared_data, tmp_path, monkeypatch):
 def test_amazon_dann_features_learn_sentiment_above_chance(shared_data, tmp_path, monkeypatch):
     _repo(monkeypatch)
     run = tmp_path / "b2d"
-    run_cli(["fit", "--config", "configs/data/amazon_dann.yaml", "--data.root", str(shared_data),
+    run_cli(["fit", "--config", "configs/data/amazon_dann.yaml", "--config", "configs/benchmark/amazon_dann.yaml",
+             "--data.root", str(shared_data),
              "--data.sources", "[amazon_dann/books]", "--data.target", "amazon_dann/dvd",
              "--trainer.max_steps", "300", "--trainer.val_check_interval", "300", "--run_dir", str(run), *QUIET])
     rec = _record(run)
@@ -71,7 +72,8 @@ def test_amazon_dann_features_learn_sentiment_above_chance(shared_data, tmp_path
 def test_jda_mnist_to_usps_dann_a_few_steps(shared_data, tmp_path, monkeypatch):
     _repo(monkeypatch)
     run = tmp_path / "m2u"
-    run_cli(["fit", "--config", "configs/data/jda_mnist_usps.yaml", "--config", "configs/method/dann.yaml",
+    run_cli(["fit", "--config", "configs/data/jda_mnist_usps.yaml", "--config",
+             "configs/benchmark/digits_lenet_bn_adam.yaml", "--config", "configs/method/dann.yaml",
              "--data.root", str(shared_data), "--trainer.max_steps", "10", "--trainer.val_check_interval", "10",
              "--run_dir", str(run), *QUIET])
     rec = _record(run)
@@ -99,7 +101,7 @@ def _tiny_tree(shared_data, root, per_class=6):
 def _folder_args(root, run, options):
     return ["fit", "--data.root", str(root), "--data.sources", "[imagefolder/a]", "--data.target", "imagefolder/b",
             "--data.options", options, "--data.batch_size", "4", "--data.eval_batch_size", "8",
-            "--model.backbone", "lenet", "--model.backbone_args", "{width: 4, out_features: 16}",
+            "--model.backbone", "lenet_bn", "--model.backbone_args", "{width: 4, out_features: 16}",
             "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--run_dir", str(run), *QUIET]
 
 

@@ -154,7 +154,7 @@ class BackboneAtFitStart(Callback):
         torch.save({k: v.detach().cpu().clone() for k, v in pl_module.backbone.state_dict().items()}, self.path)
 
 
-TINY = ["--model.backbone", "lenet", "--model.backbone_args", "{width: 4, out_features: 16}",
+TINY = ["--model.backbone", "lenet_bn", "--model.backbone_args", "{width: 4, out_features: 16}",
         "--data.batch_size", "8", "--data.eval_batch_size", "64", "--data.num_workers", "0",
         "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",

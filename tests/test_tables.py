@@ -62,8 +62,25 @@ def test_markdown_table_exact(stored):
         "| usps->mnist | **61.0 ± 1.0** | 58.0 ± 2.6 |\n"
         "| Avg | 67.0 | **70.5** |\n"
         "\n"
-        f"Table: {CAPTION} Excluded: 1 failed run.\n"
+        f"Table: {CAPTION} Excluded: 1 failed run. Recipe: not recorded.\n"
     )
+
+
+def test_caption_names_the_recipe():
+    def rec(method, seed, recipe, where):
+        r = {"schema": 1, "status": "finished", "task": "m->u", "method": method, "seed": seed,
+             "metrics": {"test/target_acc": 0.5, "val/source_acc": 0.9}}
+        if where == "top":
+            r["recipe"] = recipe
+        else:
+            r["config"] = {"recipe": recipe}
+        return r
+
+    same = [rec("erm", 0, "digits_tllib", "top"), rec("dann", 0, "digits_tllib", "config")]
+    assert make_table(same).rstrip().endswith("Recipe: digits_tllib.")
+    mixed = [rec("erm", 0, "digits_tllib", "top"), rec("dann", 0, "digits_dann_paper", "top")]
+    assert make_table(mixed).rstrip().endswith(
+        "Recipes: digits_dann_paper, digits_tllib (mixed: compare methods only under the same recipe).")
 
 
 def test_transposed_markdown_and_digits(stored):
@@ -80,7 +97,7 @@ def test_latex_booktabs(stored):
     lines = make_table(load_records(stored), fmt="latex").splitlines()
     assert lines[0] == r"\begin{table}[t]"
     assert lines[2].startswith(r"  \caption{test/target\_acc (x100): mean $\pm$ sample std (ddof=1) over n=3 seeds.")
-    assert lines[2].endswith(r"Excluded: 1 failed run.}")
+    assert lines[2].endswith(r"Excluded: 1 failed run. Recipe: not recorded.}")
     assert lines[3:] == [
         r"  \begin{tabular}{lrr}",
         r"    \toprule",

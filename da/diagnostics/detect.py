@@ -4,7 +4,7 @@ Modes::
 
     da detect --transfer runs/dann --baseline runs/target_only [--json] [--plot ntg.png]
     da detect --task jda/mnist->jda/usps --method dann --runs-root runs \\
-              --baseline-config configs/data/jda_mnist_usps.yaml configs/method/target_only.yaml --seeds 0 1 2
+              --baseline-config configs/data/jda_mnist_usps.yaml configs/benchmark/digits_lenet_bn_adam.yaml configs/method/oracle.yaml --seeds 0 1 2
     da detect --rank --features-dir feats/ [--scores logme leep] [--accuracies accs.json] [--json]
 
 Runs are run directories, sweep directories (walked for ``result.json``) or ``result.json`` files; only records with

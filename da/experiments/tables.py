@@ -152,6 +152,15 @@ def _caption(metric, scale, validator, select_over, selection, cells, higher_is_
     return " ".join(parts)
 
 
+def recipe_text(records: Sequence[dict]) -> str:
+    """The caption's first sentence: the benchmark recipe(s) of the tabulated runs (the top-level ``recipe`` key a
+    ``configs/benchmark/*.yaml`` file sets), e.g. ``Recipe: digits_tllib.``"""
+    names = sorted({str(r.get("recipe") or (r.get("config") or {}).get("recipe") or "not recorded") for r in records})
+    if len(names) == 1:
+        return f"Recipe: {names[0]}."
+    return f"Recipes: {', '.join(names)} (mixed: compare methods only under the same recipe)."
+
+
 def _latex_escape(text: str) -> str:
     out = []
     for ch in str(text):
@@ -224,6 +233,7 @@ def make_table(
     any_best = any(c.best for c in cells.values()) or any(c.best for c in avg.values())
     caption = _caption(metric, scale, validator, select_over, sel, cells, higher_is_better, bool(avg), any_best,
                        error)
+    caption = f"{caption} {recipe_text([p.record for p in sel.picks])}"
     if fmt == "csv":
         return _csv(cells, tasks, methods, rows, metric, selection, digits)
     max_n = max(c.n for c in cells.values())

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from da.losses.base import AdaptationLoss, StepContext
-from da.losses.schedules import Constant, make_schedule
+from da.losses.schedules import Constant, make_schedule, schedule_value
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -221,7 +221,7 @@ class DomainAdversarialLoss(AdaptationLoss):
                                "build(in_features, num_sources) first, or pass in_features=...")
         if not ctx.has_target:
             raise ValueError(f"{type(self).__name__} needs a target batch (ctx.f_t), got none")
-        coeff = self.grl_schedule(ctx.progress)
+        coeff = schedule_value(self.grl_schedule, ctx.progress, ctx.step)
         logits = self.discriminator(self._disc_input(ctx, coeff))
         n_s = ctx.f_s.shape[0]
         lab_s, lab_t = self._domain_labels(ctx)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Optional, Union
 import torch
 from torch import nn
 
-from da.losses.schedules import Schedule, make_schedule
+from da.losses.schedules import Schedule, make_schedule, schedule_value
 
 
 @dataclass
@@ -67,8 +67,9 @@ class AdaptationLoss(nn.Module):
     Args:
         weight: the trade-off coefficient (lambda in most papers).
         schedule: how the coefficient grows over training progress ``p``: ``"constant"``, ``"dann"``
-            (``2 / (1 + exp(-gamma p)) - 1``, Ganin & Lempitsky 2015), ``"linear"`` (warm-up), ``"tllib"``,
-            or a :class:`~da.losses.schedules.Schedule` instance.
+            (``2 / (1 + exp(-gamma p)) - 1``, Ganin & Lempitsky 2015), ``"linear"`` (warm-up), ``"tllib"``
+            (TLlib's warm-start GRL, over steps), ``{name: warm_start, max_iters: N}``, or a
+            :class:`~da.losses.schedules.Schedule` instance.
         name: the key under which the term is logged (``train/<name>``); defaults to the class's ``name``.
 
     Subclasses implement :meth:`forward` and may set ``needs_target = False`` (parameter-based terms),
@@ -82,7 +83,7 @@ class AdaptationLoss(nn.Module):
     #: features across ranks under DDP; purely informational, used in docs and logs.
     gathers_across_ranks: bool = False
 
-    def __init__(self, weight: float = 1.0, schedule: Union[str, Schedule] = "constant",
+    def __init__(self, weight: float = 1.0, schedule: Union[str, Schedule, Dict[str, Any]] = "constant",
                  name: Optional[str] = None):
         super().__init__()
         if weight < 0:
@@ -93,9 +94,9 @@ class AdaptationLoss(nn.Module):
             self.name = name
         self.last_logs: Dict[str, torch.Tensor] = {}
 
-    def current_weight(self, progress: float) -> float:
-        """``weight * schedule(progress)``: the coefficient applied at this step."""
-        return self.weight * self.schedule(progress)
+    def current_weight(self, progress: float, step: Optional[int] = None) -> float:
+        """``weight * schedule(progress, step)``: the coefficient applied at this step (``step`` = global step)."""
+        return self.weight * schedule_value(self.schedule, progress, step)
 
     def setup(self, module: nn.Module) -> None:
         """Hook called by `TransferModule` when training starts (after weights are loaded)."""

@@ -7,7 +7,8 @@ The contract (what a user implements to bring any encoder: image, text, tabular,
 * optionally ``blocks() -> list[nn.Module]``, its layers in input-to-output order, so that
   ``--model.freeze_blocks k`` can freeze the first k of them.
 
-Built-in names for ``--model.backbone``: ``lenet`` (digits), ``mlp`` and ``linear`` (feature vectors), ``hf`` (a
+Built-in names for ``--model.backbone``: ``lenet`` (digits: the LeNet of ADDA / TLlib), ``lenet_bn`` (a wider
+LeNet with BatchNorm), ``mlp`` and ``linear`` (feature vectors), ``hf`` (a
 Hugging Face encoder, extra ``da[text]``), ``branches`` (D source-trained copies of a base backbone, mixed), any
 torchvision classifier (``resnet18``, ``resnet50``, ``vit_b_16``, ...), or a dotted path ``my_pkg.my_module.MyEncoder``
 (constructed with ``backbone_args``, plus ``input_shape`` if it accepts it).
@@ -27,10 +28,46 @@ from da.errors import UserError, unknown_name
 
 
 class LeNet(nn.Module):
-    """LeNet-style CNN for digits (any size >= 16 px, 1 or 3 channels).
+    """LeNet of ADDA (Tzeng et al., CVPR 2017) and TLlib (``tllib.vision.models.digits.lenet``), without BatchNorm::
 
-    conv5(32)-BN-ReLU-pool, conv5(64)-BN-ReLU-pool, adaptive average pooling to 4x4, linear to ``out_features``,
-    ReLU, dropout. About 0.3 M parameters at the defaults.
+        conv5(in -> 20) - maxpool2 - ReLU - conv5(20 -> 50) - Dropout2d(0.5) - maxpool2 - ReLU - flatten
+        - Linear(50 h w -> 500) - ReLU - Dropout(0.5)
+
+    No padding, so a 28x28 input gives 50 x 4 x 4 = 800 flattened features (``h = w = ((s - 4) / 2 - 4) / 2``), and
+    at 28x28 and 1 channel it has 426,070 parameters (conv 520 + 25,050, fc 400,500). Inputs must be at least
+    16x16 (16x16 gives 50 x 1 x 1; the field's protocols resize the 16x16 JDA/USPS digits to 28x28).
+
+    Shape:
+        input ``(n, in_channels, s, s)``, output ``(n, out_features)`` (500).
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, out_features: int = 500,
+                 conv_dropout: float = 0.5, dropout: float = 0.5):
+        super().__init__()
+        side = (int(image_size) - 4) // 2
+        side = (side - 4) // 2
+        if side < 1:
+            raise ValueError(f"backbone 'lenet' needs images of at least 16x16, got {image_size}x{image_size}; "
+                             f"resize them with --data.options '{{image_size: 28}}'")
+        self.out_features = out_features
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, 20, 5), nn.MaxPool2d(2), nn.ReLU())
+        self.conv2 = nn.Sequential(nn.Conv2d(20, 50, 5), nn.Dropout2d(conv_dropout), nn.MaxPool2d(2), nn.ReLU())
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(50 * side * side, out_features), nn.ReLU(),
+                                nn.Dropout(dropout))
+
+    def blocks(self) -> List[nn.Module]:
+        return [self.conv1, self.conv2, self.fc]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv2(self.conv1(x)))
+
+
+class LeNetBN(nn.Module):
+    """``lenet_bn``: a wider LeNet-style CNN with BatchNorm and padding for digits (any size >= 16 px, 1 or 3 channels).
+
+    conv5(32, pad 2)-BN-ReLU-pool, conv5(64, pad 2)-BN-ReLU-pool, adaptive average pooling to 4x4, linear to
+    ``out_features``, ReLU, dropout. About 0.3 M parameters at the defaults; about 4.9x the multiply-adds of
+    :class:`LeNet`. This was ``da``'s ``lenet`` before 2026-12 (the README's older digits numbers used it).
     """
 
     def __init__(self, in_channels: int = 1, out_features: int = 256, width: int = 32, dropout: float = 0.0):
@@ -191,7 +228,11 @@ def build_backbone(name: str, input_shape: Sequence[int], **kwargs: Any) -> nn.M
     """Build a backbone by name for inputs of shape ``input_shape`` (per sample, e.g. ``(1, 16, 16)`` or ``(5000,)``)."""
     input_shape = tuple(input_shape) if input_shape is not None else ()
     if name == "lenet":
-        return LeNet(in_channels=input_shape[0] if len(input_shape) == 3 else 1, **kwargs)
+        if len(input_shape) != 3:
+            raise ValueError(f"backbone 'lenet' needs image inputs (channels, height, width), got shape {input_shape}")
+        return LeNet(in_channels=input_shape[0], image_size=min(input_shape[1:]), **kwargs)
+    if name == "lenet_bn":
+        return LeNetBN(in_channels=input_shape[0] if len(input_shape) == 3 else 1, **kwargs)
     if name == "mlp":
         return MLP(in_features=_numel(input_shape), **kwargs)
     if name == "linear":
@@ -213,7 +254,7 @@ def build_backbone(name: str, input_shape: Sequence[int], **kwargs: Any) -> nn.M
     if name in set(torchvision.models.list_models(module=torchvision.models)):
         in_ch = input_shape[0] if len(input_shape) == 3 else 3
         return TorchvisionBackbone(name, in_channels=in_ch, **kwargs)
-    known = ["lenet", "mlp", "linear", "hf", "branches", "resnet18", "resnet50", "<any torchvision model>", "<pkg.module.Class>"]
+    known = ["lenet", "lenet_bn", "mlp", "linear", "hf", "branches", "resnet18", "resnet50", "<any torchvision model>", "<pkg.module.Class>"]
     raise unknown_name("backbone", name, known)
 
 
@@ -240,8 +281,23 @@ def _numel(shape: Sequence[int]) -> int:
 
 
 class Bottleneck(nn.Sequential):
-    """``Linear(in, dim) -> BatchNorm1d -> ReLU -> Dropout``: the adaptation layer of DAN/DANN/CDAN recipes."""
+    """The adaptation layer of DAN / DANN / CDAN recipes: ``Linear(in, dim) [-> BatchNorm1d] -> ReLU [-> Dropout]``.
 
-    def __init__(self, in_features: int, dim: int, dropout: float = 0.5):
-        super().__init__(nn.Linear(in_features, dim), nn.BatchNorm1d(dim), nn.ReLU(), nn.Dropout(dropout))
+    TLlib's ``ImageClassifier`` bottleneck is ``Linear-BN-ReLU`` (``batch_norm=True, dropout=0``); DAN's Caffe recipe
+    (Long et al., ICML 2015) is ``Linear-ReLU-Dropout(0.5)`` (``batch_norm=False, dropout=0.5``).
+
+    Shape:
+        input ``(n, in_features)``, output ``(n, dim)``.
+    """
+
+    def __init__(self, in_features: int, dim: int, dropout: float = 0.5, batch_norm: bool = True):
+        if not 0 <= dropout < 1:
+            raise ValueError(f"bottleneck dropout must be in [0, 1), got {dropout}")
+        layers: List[nn.Module] = [nn.Linear(in_features, dim)]
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(dim))
+        layers.append(nn.ReLU())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        super().__init__(*layers)
         self.out_features = dim

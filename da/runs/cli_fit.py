@@ -89,6 +89,9 @@ def _build_cli_class():
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_argument("--run_dir", type=Optional[str], default=None,
                                 help="directory of this run (default runs/<task>/<method>/<time>)")
+            parser.add_argument("--recipe", type=Optional[str], default=None,
+                                help="name of the benchmark recipe (configs/benchmark/<name>.yaml sets it); recorded "
+                                     "in result.json and named in `da table` captions")
             for key in _LINKED:
                 parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
             parser.link_arguments("seed_everything", "data.seed", apply_on="parse")
@@ -252,7 +255,7 @@ def _build_cli_class():
                 "wall_time_s": round(sum(float(s.get("wall_time_s") or 0.0) for s in segments), 3),
                 "segments": segments, "git_commit": git_commit(), "versions": versions(), "run_dir": str(self.run_dir),
                 "started_at": segments[0]["started_at"], "finished_at": now() if status != "running" else None,
-                "error": error, "subcommand": self.subcommand,
+                "error": error, "subcommand": self.subcommand, "recipe": cfg.get("recipe"),
             })
             if getattr(self.model, "init_info", None):
                 rec["init_from"] = self.model.init_info

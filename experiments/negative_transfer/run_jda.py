@@ -49,7 +49,8 @@ def main() -> None:
             if rec.is_file() and json.loads(rec.read_text()).get("status") == "finished":
                 continue
             t0 = time.time()
-            argv = ["fit", "--config", "configs/data/jda_mnist_usps.yaml", *extra,
+            argv = ["fit", "--config", "configs/data/jda_mnist_usps.yaml",
+                    "--config", "configs/benchmark/digits_lenet_bn_adam.yaml", *extra,
                     "--data.root", args.root, "--data.target_labeled_per_class", str(args.k),
                     "--data.target_split", "0.5", "--data.num_workers", "0",
                     "--seed_everything", str(seed),
