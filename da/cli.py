@@ -70,6 +70,7 @@ def _build_cli_class():
 
     from da.data.datamodule import DomainDataModule
     from da.module import TransferModule
+    from da.preflight import check_ckpt_path, check_trainer_args
     from da.run_record import SCHEMA, config_hash, git_commit, now, read_record, versions, write_record
 
     class DACLI(LightningCLI):
@@ -104,7 +105,12 @@ def _build_cli_class():
             os.environ["DA_DDP_RUN_DIR"] = str(path)
             return path
 
+        def _parse_ckpt_path(self) -> None:
+            check_ckpt_path(self.config)  # a missing, truncated or foreign --ckpt_path is one line, before any work
+            super()._parse_ckpt_path()
+
         def _instantiate_trainer(self, config: Dict[str, Any], callbacks: List[Callback]):
+            check_trainer_args(config, self.subcommand)  # max_steps <= 0, val_check_interval longer than the run
             self.run_dir = self._run_dir()
             self.run_dir.mkdir(parents=True, exist_ok=True)
             loggers = config.get("logger")
@@ -253,6 +259,13 @@ def run_cli(args: Optional[List[str]] = None):
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    """The ``da`` command; an error is one line ``da: error: ...`` (exit 2 for bad input), see ``docs/errors.md``."""
+    from da.errors import run_main
+
+    run_main(_main, argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> None:
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -265,6 +278,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         module, fn, _ = EXTRA_COMMANDS[argv[0]]
         rc = getattr(importlib.import_module(module), fn)(argv[1:])
         sys.exit(rc or 0)
+    from da.preflight import check_config_files
+
+    check_config_files(argv)
     run_cli(None if from_command_line else argv)
 
 

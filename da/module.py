@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from da.errors import unknown_name
+from da.errors import UserError, unknown_name
 from da.losses.base import AdaptationLoss, StepContext
 from da.models.backbones import Bottleneck, build_backbone
 
@@ -117,7 +117,9 @@ class TransferModule(pl.LightningModule):
         return self.features_and_logits(x)[1]
 
     def _load_init(self, path: str, init_head: str) -> None:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        from da.preflight import read_checkpoint
+
+        ckpt = read_checkpoint(path, "--model.init_from")  # a missing, truncated or foreign file is one clear line
         state = ckpt.get("state_dict", ckpt)
         own = self.state_dict()
         keep_head = init_head != "never"
@@ -134,7 +136,7 @@ class TransferModule(pl.LightningModule):
                 if is_head and init_head != "always":
                     skipped.append(k)
                     continue
-                raise ValueError(f"init_from {path}: parameter {k} has shape {tuple(v.shape)} in the checkpoint but "
+                raise UserError(f"init_from {path}: parameter {k} has shape {tuple(v.shape)} in the checkpoint but "
                                  f"{tuple(own[k].shape)} here; use the same backbone (and bottleneck_dim)")
             if is_head and not keep_head:
                 continue
@@ -145,7 +147,7 @@ class TransferModule(pl.LightningModule):
             new_state = {k: v for k, v in new_state.items() if not k.startswith("classifier.")}
         missing = [k for k in own if k.startswith("backbone.") and k not in new_state]
         if missing:
-            raise ValueError(f"init_from {path}: the checkpoint has no weights for {missing[:5]} ...; "
+            raise UserError(f"init_from {path}: the checkpoint has no weights for {missing[:5]} ...; "
                              f"is it a checkpoint of the same backbone?")
         self.load_state_dict(new_state, strict=False)
         params = {n for n, _ in self.named_parameters()}

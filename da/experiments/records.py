@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
 
+from da.errors import MissingFileError, UserError
+
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
 SWEEP_INFO_FILE = "sweep.json"
@@ -55,7 +57,7 @@ _OPTIONAL: dict[str, tuple[type, ...]] = {
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-class RecordError(ValueError):
+class RecordError(UserError):
     """A ``result.json`` that does not follow schema 1; the message names the file, the key and the fix."""
 
 
@@ -172,7 +174,7 @@ def find_record_files(paths: Iterable[PathLike]) -> list[Path]:
         elif p.is_dir():
             found.extend(sorted(p.rglob(RESULT_FILE)))
         else:
-            raise FileNotFoundError(f"no such file or directory: {p} (give run directories, sweep directories or result.json files)")
+            raise MissingFileError(f"no such file or directory: {p} (give run directories, sweep directories or result.json files)")
     return found
 
 
