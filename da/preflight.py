@@ -165,10 +165,12 @@ def _check_checkpoint_shape(ckpt: Any, path: Path, flag: str, lightning: bool) -
                             f"'pytorch-lightning_version'; keys: {keys}); to start from its weights use "
                             f"--model.init_from {path} instead")
         return
+    tensors_only = bool(ckpt) and all(isinstance(v, torch.Tensor) for v in ckpt.values())
     if lightning:
-        raise UserError(f"{flag} '{path}' is not a Lightning checkpoint (no 'state_dict'; keys: {keys}); give a .ckpt "
-                        f"written by da fit (<run_dir>/checkpoints/last.ckpt)")
-    if not ckpt or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        what = "a plain state dict" if tensors_only else f"not a Lightning checkpoint (no 'state_dict'; keys: {keys})"
+        raise UserError(f"{flag} '{path}' is {what}; give a .ckpt written by da fit (<run_dir>/checkpoints/last.ckpt)"
+                        + (f", or start from its weights with --model.init_from {path}" if tensors_only else ""))
+    if not tensors_only:
         raise UserError(f"{flag} '{path}' is neither a checkpoint (no 'state_dict') nor a state dict of tensors "
                         f"(keys: {keys}); give a .ckpt written by da fit or a torch.save(model.state_dict())")
 
