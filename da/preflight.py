@@ -88,7 +88,7 @@ def check_trainer_args(trainer: Dict[str, Any], subcommand: Optional[str]) -> No
     """Check the ``Trainer`` arguments of ``da fit`` (edited in place: see ``val_check_interval`` below).
 
     * ``max_steps == 0`` or ``< -1``, or ``max_epochs == 0`` with ``max_steps == -1``: nothing would be trained;
-    * ``max_steps == -1`` and ``max_epochs`` ``-1``/``None`` without ``max_time``: the run would never end;
+    * ``max_steps == -1`` and ``max_epochs == -1`` without ``max_time``: the run would never end;
     * an integer ``val_check_interval`` larger than ``max_steps`` (with ``check_val_every_n_epoch=None``, so it counts
       steps): there would be no validation, no ``val/*`` metric and no ``best.ckpt``; it is set to ``max_steps``
       (validate once, at the end) with a warning.
@@ -104,7 +104,7 @@ def check_trainer_args(trainer: Dict[str, Any], subcommand: Optional[str]) -> No
         if epochs == 0:
             raise UserError("trainer.max_epochs=0 with trainer.max_steps=-1 trains nothing; give --trainer.max_steps N "
                             "or --trainer.max_epochs N with N > 0")
-        if epochs in (None, -1) and not trainer.get("max_time"):
+        if epochs == -1 and not trainer.get("max_time"):  # max_epochs=None means 1000 epochs in Lightning
             raise UserError(f"trainer.max_steps=-1 and trainer.max_epochs={epochs}: the run would never end; give "
                             f"--trainer.max_steps N (or --trainer.max_epochs N, or --trainer.max_time)")
     interval = trainer.get("val_check_interval")
