@@ -250,3 +250,49 @@ def test_worker_wrapped_message_is_reduced_to_the_original_line():
                         "da.data.readers.folders.UnreadableImageError: cannot decode image 'a/b.jpg' (OSError)\n")
     assert one_line(wrapped) == "cannot decode image 'a/b.jpg' (OSError)"
     assert one_line(KeyError("missing 'x'")) == "missing 'x'"
+
+
+def test_trainer_checks_allow_every_bounded_run():
+    from da.preflight import check_trainer_args
+
+    for ok in ({"max_steps": 5}, {"max_steps": -1, "max_epochs": 3}, {"max_steps": -1, "max_epochs": None},
+               {"max_steps": -1, "max_epochs": -1, "max_time": "00:01:00:00"}):
+        check_trainer_args(dict(ok), "fit")
+    for bad, says in (({"max_steps": -5}, "max_steps=-5 trains nothing"),
+                      ({"max_steps": -1, "max_epochs": 0}, "max_epochs=0"),
+                      ({"max_steps": -1, "max_epochs": -1}, "never end")):
+        with pytest.raises(UserError, match=says):
+            check_trainer_args(dict(bad), "fit")
+    check_trainer_args({"max_steps": 0}, "test")  # only `da fit` trains
+    cfg = {"max_steps": 30, "val_check_interval": 500, "check_val_every_n_epoch": None}
+    with pytest.warns(UserWarning, match="validating once, at the end"):
+        check_trainer_args(cfg, "fit")
+    assert cfg["val_check_interval"] == 30
+    for keep in ({"max_steps": 30, "val_check_interval": 0.5, "check_val_every_n_epoch": None},  # a fraction of an epoch
+                 {"max_steps": 30, "val_check_interval": 500, "check_val_every_n_epoch": 1},  # counts within an epoch
+                 {"max_steps": 30, "val_check_interval": 30, "check_val_every_n_epoch": None}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            check_trainer_args(cfg := dict(keep), "fit")
+        assert cfg == keep
+
+
+def test_config_paths_and_inline_yaml(fx):
+    from da.preflight import check_config_files, config_paths
+
+    assert config_paths(["fit", "--config", "a.yaml", "-c", "b.yaml", "--config=c.yaml", "--x", "1"]) == \
+        ["a.yaml", "b.yaml", "c.yaml"]
+    check_config_files(["fit", "--config", "{trainer: {max_steps: 5}}"])  # YAML text itself: left to the parser
+    with pytest.raises(UserError, match=r"list\.yaml' holds a YAML list"):
+        check_config_files(["fit", "--config", str(fx / "list.yaml")])
+
+
+def test_read_checkpoint_refuses_pickled_objects_and_reads_checkpoints(fx, tmp_path):
+    from da.preflight import read_checkpoint
+
+    torch.save({"state_dict": {}, "where": Path("/etc")}, tmp_path / "objects.ckpt")  # a class reference, not data
+    with pytest.raises(UserError, match=r"objects\.ckpt' holds Python objects other than tensors"):
+        read_checkpoint(tmp_path / "objects.ckpt", "--ckpt_path", lightning=True)
+    ckpt = read_checkpoint(fx / "good.ckpt", "--ckpt_path", lightning=True)
+    assert ckpt["global_step"] == 1 and ckpt["state_dict"]["backbone.w"].shape == (64, 64)
+    assert set(read_checkpoint(fx / "good.ckpt.sd", "--model.init_from")) == {"backbone.w"}  # a plain state dict
