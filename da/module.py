@@ -137,7 +137,7 @@ class TransferModule(pl.LightningModule):
                     skipped.append(k)
                     continue
                 raise UserError(f"init_from {path}: parameter {k} has shape {tuple(v.shape)} in the checkpoint but "
-                                 f"{tuple(own[k].shape)} here; use the same backbone (and bottleneck_dim)")
+                                f"{tuple(own[k].shape)} here; use the same backbone (and bottleneck_dim)")
             if is_head and not keep_head:
                 continue
             new_state[k] = v
@@ -148,7 +148,7 @@ class TransferModule(pl.LightningModule):
         missing = [k for k in own if k.startswith("backbone.") and k not in new_state]
         if missing:
             raise UserError(f"init_from {path}: the checkpoint has no weights for {missing[:5]} ...; "
-                             f"is it a checkpoint of the same backbone?")
+                            f"is it a checkpoint of the same backbone?")
         self.load_state_dict(new_state, strict=False)
         params = {n for n, _ in self.named_parameters()}
         self._pretrained |= {k for k in new_state if k in params}

@@ -314,7 +314,7 @@ def _align_classes(dom: Domain, ref: List[str], spec: str, target: str) -> Domai
         only_s = sorted(set(dom.classes) - set(ref))[:10]
         only_t = sorted(set(ref) - set(dom.classes))[:10]
         raise UserError(f"source {spec} and target {target} have different class sets: only in the source: {only_s}; "
-                         f"only in the target: {only_t}. Use domains with the same classes (matched by name).")
+                        f"only in the target: {only_t}. Use domains with the same classes (matched by name).")
     mapping = torch.tensor([ref.index(c) for c in dom.classes], dtype=torch.long)
     if dom.x is not None:
         return replace(dom, y=mapping[dom.y], classes=list(ref))

@@ -188,7 +188,7 @@ def load_image_domain(name: str, folder: Path, *, image_size: Optional[int] = No
     """One image-folder domain ``folder/<class>/*`` as ``{"all": Domain}`` (see the module docstring)."""
     if on_bad_image not in ("skip", "error"):
         raise UserError(f"on_bad_image='{on_bad_image}' must be 'skip' (drop and count unreadable images) "
-                         f"or 'error' (stop at the first one)")
+                        f"or 'error' (stop at the first one)")
     files, labels, classes = scan_image_folder(folder)
     skipped: List[str] = []
     if check_images and files:
@@ -261,7 +261,7 @@ def _find_domain_folder(parent: Path, domain: str, dataset: str) -> Path:
             return d
     found = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
     raise MissingFileError(f"domain folder '{parent / domain}' of dataset '{dataset}' not found; "
-                            f"sub-folders there: {found or 'none'}. Put the images in {parent / domain}/<class>/")
+                           f"sub-folders there: {found or 'none'}. Put the images in {parent / domain}/<class>/")
 
 
 def _make_folder_loader(dataset: str):
