@@ -224,7 +224,7 @@ class DomainDataModule(pl.LightningDataModule):
     # ----------------------------------------------------------------- loaders
     def teardown(self, stage: Optional[str] = None) -> None:
         """Record (in ``split_info``) and report once the images that DataLoader workers found undecodable."""
-        if not self._prepared:
+        if not self._prepared or self.options.get("on_bad_image") == "error":  # under error the run stops at one
             return
         from da.data.readers.folders import undecodable_files
 
