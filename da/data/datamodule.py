@@ -29,26 +29,12 @@ import torch
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from da.data.domain import Domain, get_dataset, load_domain, parse_domain
+from da.data.domain import Domain, check_same_input_shape, get_dataset, load_domain, parse_domain
 from da.data.loaders import TensorBatches, stratified_split
+from da.data.tagged import Tagged
+from da.errors import MissingFileError, UserError
 
 SUPERVISION = ("source", "target", "source+target")
-
-
-class _Tagged(Dataset):
-    """Wraps a lazy ``(x, y)`` dataset to return ``(x, y, d)`` with the domain index ``d`` (and optional new labels)."""
-
-    def __init__(self, dataset: Dataset, d: int, labels: Optional[torch.Tensor] = None):
-        self.dataset, self.d, self.labels = dataset, int(d), labels
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        x, y = self.dataset[i]
-        if self.labels is not None:
-            y = int(self.labels[i])
-        return x, y, self.d
 
 
 class DomainDataModule(pl.LightningDataModule):
@@ -138,9 +124,17 @@ class DomainDataModule(pl.LightningDataModule):
 
     # ----------------------------------------------------------------- loading
     def _load(self, spec: str) -> Dict[str, Domain]:
-        parts = load_domain(spec, root=self.root, **self.options)
+        """The parts of one domain; a reader's complaint about its files becomes a one-line UserError naming it."""
+        try:
+            parts = load_domain(spec, root=self.root, **self.options)
+        except UserError:
+            raise
+        except FileNotFoundError as err:
+            raise MissingFileError(f"{spec}: {err}") from err
+        except (ValueError, KeyError, OSError) as err:  # unreadable or malformed data files
+            raise UserError(f"{spec}: {err.args[0] if isinstance(err, KeyError) and err.args else err}") from err
         if not parts:
-            raise ValueError(f"the loader of {spec} returned no data")
+            raise UserError(f"the loader of {spec} returned no data")
         return parts
 
     def prepare(self) -> None:
@@ -195,6 +189,8 @@ class DomainDataModule(pl.LightningDataModule):
             rest, held = stratified_split(t_all.y, frac, seed + 17)
             t_train, t_test = t_all.subset(rest), t_all.subset(held)
         self.target_train, self.target_test = t_train, t_test
+        check_same_input_shape([(s, p.get("train", p.get("all"))) for s, p in zip(self.sources, loaded)],
+                                (self.target, t_train))
         # a label-free validation view of the target (validators use its predictions; the oracle its labels)
         n_val = min(len(t_train), 2000)
         _, val_idx = stratified_split(t_train.y, n_val / len(t_train), seed + 19) if n_val < len(t_train) else \
@@ -226,6 +222,20 @@ class DomainDataModule(pl.LightningDataModule):
                 setattr(self, name, _to(getattr(self, name), device))
 
     # ----------------------------------------------------------------- loaders
+    def teardown(self, stage: Optional[str] = None) -> None:
+        """Record (in ``split_info``) and report once the images that DataLoader workers found undecodable."""
+        if not self._prepared or self.options.get("on_bad_image") == "error":  # under error the run stops at one
+            return
+        from da.data.readers.folders import undecodable_files
+
+        domains = [*self.source_train, *self.source_val, *self.source_test, self.target_train, self.target_test,
+                   self.target_val, self.target_labeled]
+        files = sorted({f for dom in domains if dom is not None and dom.x is None for f in undecodable_files(dom.dataset)})
+        if files and self.split_info.get("undecodable_images", {}).get("count") != len(files):
+            self.split_info["undecodable_images"] = {"count": len(files), "files": files[:20]}
+            warnings.warn(f"skipped {len(files)} undecodable image(s) (on_bad_image=skip; each was replaced by another "
+                          f"image of its class): {', '.join(files[:3])}")
+
     def _rank(self):
         if self.trainer is None:
             return 0, 1
@@ -253,7 +263,7 @@ class DomainDataModule(pl.LightningDataModule):
                 warnings.warn(f"only {len(y)} labelled samples: batch size lowered from {batch_size} to {bs}")
             return TensorBatches((x, y, d), bs, shuffle=train, drop_last=train, seed=self.seed + seed_offset,
                                  rank=rank, world_size=world)
-        datasets = [_Tagged(_with_transform(dom, "train" if train else "eval"), di) for dom, di in parts]
+        datasets = [Tagged(_with_transform(dom, "train" if train else "eval"), di, y=dom.y) for dom, di in parts]
         collate = next((dom.meta.get("collate_fn") for dom, _ in parts if dom.meta.get("collate_fn")), None)
         g = torch.Generator().manual_seed(self.seed + seed_offset)
         return DataLoader(ConcatDataset(datasets), batch_size=batch_size, shuffle=train, drop_last=train,
@@ -264,7 +274,8 @@ class DomainDataModule(pl.LightningDataModule):
     def train_dataloader(self):
         labelled = self._labelled_domains()
         if not labelled:
-            raise ValueError("no labelled training data: supervision='target' needs target labels")
+            raise UserError("no labelled training data: supervision='target' needs target labels "
+                            "(--data.target_labeled_per_class k, or supervision source / source+target)")
         loaders = {"source": self._loader(labelled, self.batch_size, True, 101),
                    "target": self._loader([(self.target_train, self.num_sources)], self.batch_size, True, 202)}
         step = self.trainer.global_step if self.trainer is not None else 0
@@ -302,8 +313,8 @@ def _align_classes(dom: Domain, ref: List[str], spec: str, target: str) -> Domai
     if set(dom.classes) != set(ref):
         only_s = sorted(set(dom.classes) - set(ref))[:10]
         only_t = sorted(set(ref) - set(dom.classes))[:10]
-        raise ValueError(f"source {spec} and target {target} have different class sets: only in the source: {only_s}; "
-                         f"only in the target: {only_t}. Use domains with the same classes (matched by name).")
+        raise UserError(f"source {spec} and target {target} have different class sets: only in the source: {only_s}; "
+                        f"only in the target: {only_t}. Use domains with the same classes (matched by name).")
     mapping = torch.tensor([ref.index(c) for c in dom.classes], dtype=torch.long)
     if dom.x is not None:
         return replace(dom, y=mapping[dom.y], classes=list(ref))
