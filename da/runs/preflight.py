@@ -74,11 +74,17 @@ def check_config_file(path: str | Path) -> Dict[str, Any]:
 
 
 def check_config_files(argv: List[str]) -> None:
-    """:func:`check_config_file` for every ``--config`` in ``argv`` (inline YAML strings are left to the parser)."""
+    """:func:`check_config_file` for every ``--config`` in ``argv`` (inline YAML strings are left to the parser).
+
+    A value that is not a path is a packaged config name (``--config quickstart``, ``configs/method/dann.yaml`` from
+    any folder), looked up by :func:`da.resources.resolve`, which names the closest packaged configs when none fits.
+    """
+    from da.resources import resolve
+
     for value in config_paths(argv):
         if "\n" in value or (":" in value and not Path(value).exists()):
             continue  # jsonargparse also accepts the YAML text itself: --config "{trainer: {max_steps: 5}}"
-        check_config_file(value)
+        check_config_file(value if Path(value).exists() else resolve(value))
 
 
 # --------------------------------------------------------------------------- trainer arguments
