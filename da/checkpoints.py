@@ -17,7 +17,7 @@ from typing import Any, Dict, Mapping, Union
 
 import torch
 
-from da.errors import UserError
+from da.errors import MissingFileError, UserError
 
 StateSource = Union[str, Path, Mapping[str, torch.Tensor]]
 
@@ -25,13 +25,15 @@ StateSource = Union[str, Path, Mapping[str, torch.Tensor]]
 def load_checkpoint(path: Union[str, Path]) -> Any:
     """The object saved at ``path``, loaded on the CPU with ``weights_only=True``.
 
-    Raises :class:`FileNotFoundError` for a missing file and :class:`~da.errors.UserError` naming the file for one
-    that is truncated, not a PyTorch file, or holds pickled code (a class or a function instead of tensors).
+    Raises :class:`~da.errors.MissingFileError` (a ``FileNotFoundError``) for a missing file and
+    :class:`~da.errors.UserError` naming the file for one that is truncated, not a PyTorch file, or holds pickled
+    code (a class or a function instead of tensors).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist; pass the path of a .ckpt/.pt file saved by "
-                                "`da fit` or torch.save(model.state_dict())")
+        where = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise MissingFileError(f"checkpoint '{path}' {where}; pass the path of a .ckpt/.pt file saved by "
+                               "`da fit` (<run_dir>/checkpoints/last.ckpt) or torch.save(model.state_dict())")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -51,7 +53,10 @@ def read_state_dict(source: StateSource) -> Dict[str, torch.Tensor]:
     plain ``state_dict`` saved with ``torch.save`` or a mapping of tensors; non-tensor entries are dropped.
     """
     if isinstance(source, (str, Path)):
-        source = load_checkpoint(source)
+        path, source = source, load_checkpoint(source)
+        if not isinstance(source, Mapping):
+            raise UserError(f"checkpoint '{path}' holds a {type(source).__name__}, not a state dict (a mapping of "
+                            "tensors); save it with torch.save(model.state_dict(), path) or use a .ckpt of `da fit`")
     if not isinstance(source, Mapping):
         raise TypeError(f"expected a state dict (a mapping of tensors), got {type(source).__name__}")
     if "state_dict" in source and isinstance(source["state_dict"], Mapping):

@@ -95,6 +95,13 @@ examples:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    """The ``da`` command; an error is one line ``da: error: ...`` (exit 2 for bad input), see ``docs/errors.md``."""
+    from da.errors import run_main
+
+    run_main(_main, argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> None:
     from_command_line = argv is None
     if from_command_line and "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # user modules (class_path: my_project.x) import from here, as with python -m
@@ -113,6 +120,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     if "--help-all" in argv:
         argv = ["--help" if a == "--help-all" else a for a in argv]
         sys.argv[1:] = argv if from_command_line else sys.argv[1:]
+    from da.runs.preflight import check_config_files
+
+    check_config_files(argv)
     run_cli(None if from_command_line else argv)
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from da.checkpoints import read_state_dict
-from da.errors import unknown_name
+from da.errors import UserError, unknown_name
 from da.losses.base import AdaptationLoss, StepContext
 from da.methods.base import (TrainingMethod, attach_method, check_fit, configure_method_optimizers, eval_domain,
                              method_training_step)
@@ -146,8 +146,8 @@ class TransferModule(pl.LightningModule):
                 if is_head and init_head != "always":
                     skipped.append(k)
                     continue
-                raise ValueError(f"init_from {path}: parameter {k} has shape {tuple(v.shape)} in the checkpoint but "
-                                 f"{tuple(own[k].shape)} here; use the same backbone (and bottleneck_dim)")
+                raise UserError(f"init_from {path}: parameter {k} has shape {tuple(v.shape)} in the checkpoint but "
+                                f"{tuple(own[k].shape)} here; use the same backbone (and bottleneck_dim)")
             if is_head and not keep_head:
                 continue
             new_state[k] = v
@@ -157,8 +157,8 @@ class TransferModule(pl.LightningModule):
             new_state = {k: v for k, v in new_state.items() if not k.startswith("classifier.")}
         missing = [k for k in own if k.startswith("backbone.") and k not in new_state]
         if missing:
-            raise ValueError(f"init_from {path}: the checkpoint has no weights for {missing[:5]} ...; "
-                             f"is it a checkpoint of the same backbone?")
+            raise UserError(f"init_from {path}: the checkpoint has no weights for {missing[:5]} ...; "
+                            f"is it a checkpoint of the same backbone?")
         self.load_state_dict(new_state, strict=False)
         params = {n for n, _ in self.named_parameters()}
         self._pretrained |= {k for k in new_state if k in params}

@@ -9,6 +9,7 @@ import warnings
 import pytest
 
 from da.cli import run_cli
+from da.errors import UserError
 
 pytestmark = pytest.mark.data
 
@@ -117,18 +118,24 @@ def test_unreadable_image_is_skipped_and_counted_or_fails_by_option(shared_data,
     assert rec["status"] == "finished" and rec["split_info"]["classes"] == ["back_pack", "bike"]
     src = rec["split_info"]["sources"]["imagefolder/a"]
     assert src["train"] + src["val"] == 12  # 2 classes x 6 readable images; the broken file is not one of them
-    with pytest.raises(RuntimeError, match=r"unreadable image '.*zz_broken\.jpg'.*on_bad_image='skip'"):
+    with pytest.raises(UserError, match=r"unreadable image '.*zz_broken\.jpg'.*on_bad_image='skip'"):
         run_cli(_folder_args(root, tmp_path / "error", "{image_size: 32, on_bad_image: error}") +
                 ["--data.num_workers", "0"])
 
 
-def test_image_that_fails_to_decode_in_a_worker_names_the_file(shared_data, tmp_path):
+def test_image_that_fails_to_decode_in_a_worker_is_skipped_or_named(shared_data, tmp_path):
     root = tmp_path / "tree"
     _tiny_tree(shared_data, root, per_class=4)
-    victim = sorted((root / "b" / "bike").glob("*.jpg"))[0]
+    victim = sorted((root / "b" / "bike").glob("*.jpg"))[-1]
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 3])  # the header parses, the pixel data is cut off
-    with pytest.raises(Exception, match=r"cannot decode image '.*" + victim.name.replace(".", r"\.")):
-        run_cli(_folder_args(root, tmp_path / "run", "{image_size: 32}") + ["--data.num_workers", "1"])
+    with pytest.warns(UserWarning, match=r"skipped 1 undecodable image"):  # on_bad_image=skip (the default)
+        run_cli(_folder_args(root, tmp_path / "skip", "{image_size: 32}") + ["--data.num_workers", "1"])
+    rec = _record(tmp_path / "skip")
+    assert rec["status"] == "finished" and rec["split_info"]["undecodable_images"]["count"] == 1
+    assert rec["split_info"]["undecodable_images"]["files"] == [str(victim)]
+    with pytest.raises(UserError, match=r"cannot decode image '.*" + victim.name.replace(".", r"\.")):
+        run_cli(_folder_args(root, tmp_path / "run", "{image_size: 32, on_bad_image: error}") +
+                ["--data.num_workers", "1"])
     rec = _record(tmp_path / "run")
-    assert rec["status"] == "failed" and victim.name in rec["error"] and "DataLoader worker" in rec["error"]
+    assert rec["status"] == "failed" and victim.name in rec["error"] and "DataLoader worker" in rec["error"] and "DataLoader worker" in rec["error"]

@@ -12,7 +12,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from da.data.domain import load_domain
-from da.data.readers.folders import IMAGENET_MEAN, IMAGENET_STD, with_transform
+from da.errors import UserError
+from da.data.readers.folders import IMAGENET_MEAN, IMAGENET_STD, undecodable_files, with_transform
 
 SHARED = Path(os.environ.get("DA_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 DATA = SHARED / "data"
@@ -53,7 +54,7 @@ def test_scan_classes_labels_and_skip(tmp_path):
 
 def test_bad_image_error_mode_names_the_file(tmp_path):
     make_tree(tmp_path)
-    with pytest.raises(RuntimeError, match=r"unreadable image '.*broken\.jpg'.*on_bad_image='skip'"):
+    with pytest.raises(UserError, match=r"unreadable image '.*broken\.jpg'.*on_bad_image='skip'"):
         load_domain("office31/amazon", root=str(tmp_path), on_bad_image="error")
     with pytest.raises(ValueError, match="on_bad_image='ignore'"):
         load_domain("office31/amazon", root=str(tmp_path), on_bad_image="ignore")
@@ -115,10 +116,12 @@ def test_decode_failure_after_header_check_is_loud_in_workers(tmp_path):
     solid(base / "dom" / "a" / "ok.png", (1, 2, 3))
     d = load_domain("imagefolder/dom", root=str(base), image_size=8)["all"]
     assert len(d) == 2 and d.meta["skipped"] == 0  # the header is fine
-    with pytest.raises(RuntimeError, match=r"cannot decode image '.*trunc\.jpg'"):
+    with pytest.raises(UserError, match=r"cannot decode image '.*trunc\.jpg'") as err:
         d.dataset[1]
-    with pytest.raises(RuntimeError, match=r"trunc\.jpg"):
+    assert err.value.skippable  # on_bad_image=skip (the default): the data module uses another image instead
+    with pytest.raises(UserError, match=r"trunc\.jpg"):
         list(DataLoader(d.dataset, batch_size=1, num_workers=1))
+    assert [Path(f).name for f in undecodable_files(d.dataset)] == ["trunc.jpg"]  # marked in the worker, seen here
 
 
 @pytest.mark.filterwarnings("ignore:office31/amazon. skipped 1 unreadable")

@@ -31,26 +31,13 @@ import torch
 from pytorch_lightning.utilities import CombinedLoader
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from da.data.domain import Domain, get_dataset, load_domain, parse_domain
+from da.data.domain import Domain, check_same_input_shape, get_dataset, load_domain, parse_domain
 from da.data.loaders import TensorBatches, stratified_split
+from da.data.relabel import align_classes, with_label_noise, with_transform_ds
+from da.data.tagged import Tagged
+from da.errors import MissingFileError, UserError
 
 SUPERVISION = ("source", "target", "source+target", "target_unlabeled")
-
-
-class _Tagged(Dataset):
-    """Wraps a lazy ``(x, y)`` dataset to return ``(x, y, d)`` with the domain index ``d`` (and optional new labels)."""
-
-    def __init__(self, dataset: Dataset, d: int, labels: Optional[torch.Tensor] = None):
-        self.dataset, self.d, self.labels = dataset, int(d), labels
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        x, y = self.dataset[i]
-        if self.labels is not None:
-            y = int(self.labels[i])
-        return x, y, self.d
 
 
 class DomainDataModule(pl.LightningDataModule):
@@ -162,9 +149,17 @@ class DomainDataModule(pl.LightningDataModule):
 
     # ----------------------------------------------------------------- loading
     def _load(self, spec: str) -> Dict[str, Domain]:
-        parts = load_domain(spec, root=self.root, **self.options)
+        """The parts of one domain; a reader's complaint about its files becomes a one-line UserError naming it."""
+        try:
+            parts = load_domain(spec, root=self.root, **self.options)
+        except UserError:
+            raise
+        except FileNotFoundError as err:
+            raise MissingFileError(f"{spec}: {err}") from err
+        except (ValueError, KeyError, OSError) as err:  # unreadable or malformed data files
+            raise UserError(f"{spec}: {err.args[0] if isinstance(err, KeyError) and err.args else err}") from err
         if not parts:
-            raise ValueError(f"the loader of {spec} returned no data")
+            raise UserError(f"the loader of {spec} returned no data")
         return parts
 
     def prepare(self) -> None:
@@ -181,7 +176,7 @@ class DomainDataModule(pl.LightningDataModule):
         info: Dict[str, Any] = {"seed": seed, "num_classes": len(ref_classes), "classes": list(ref_classes),
                                 "sources": {}, "target": {}, "source_free": self.source_free}
         for d, (spec, parts) in enumerate(zip(self.sources, loaded)):
-            parts = {k: _align_classes(v, ref_classes, spec, self.target) for k, v in parts.items()}
+            parts = {k: align_classes(v, ref_classes, spec, self.target) for k, v in parts.items()}
             train = parts.get("train", parts.get("all"))
             if self.max_source_samples is not None and len(train) > self.max_source_samples:
                 _, keep = stratified_split(train.y, self.max_source_samples / len(train), seed + 7 + d)
@@ -193,7 +188,7 @@ class DomainDataModule(pl.LightningDataModule):
                 train_part, val_part = train, train
             test_part = parts["test"] if "test" in parts else val_part
             if self.source_label_noise[d] > 0:
-                train_part = _with_label_noise(train_part, self.source_label_noise[d], len(ref_classes), seed + 13 + d)
+                train_part = with_label_noise(train_part, self.source_label_noise[d], len(ref_classes), seed + 13 + d)
             self.source_train.append(train_part)
             self.source_val.append(val_part)
             self.source_test.append(test_part)
@@ -219,6 +214,8 @@ class DomainDataModule(pl.LightningDataModule):
             rest, held = stratified_split(t_all.y, frac, seed + 17)
             t_train, t_test = t_all.subset(rest), t_all.subset(held)
         self.target_train, self.target_test = t_train, t_test
+        check_same_input_shape([(s, p.get("train", p.get("all"))) for s, p in zip(self.sources, loaded)],
+                                (self.target, t_train))
         # a label-free validation view of the target (validators use its predictions; the oracle its labels)
         n_val = min(len(t_train), 2000)
         _, val_idx = stratified_split(t_train.y, n_val / len(t_train), seed + 19) if n_val < len(t_train) else \
@@ -250,6 +247,20 @@ class DomainDataModule(pl.LightningDataModule):
                 setattr(self, name, _to(getattr(self, name), device))
 
     # ----------------------------------------------------------------- loaders
+    def teardown(self, stage: Optional[str] = None) -> None:
+        """Record (in ``split_info``) and report once the images that DataLoader workers found undecodable."""
+        if not self._prepared or self.options.get("on_bad_image") == "error":  # under error the run stops at one
+            return
+        from da.data.readers.folders import undecodable_files
+
+        domains = [*self.source_train, *self.source_val, *self.source_test, self.target_train, self.target_test,
+                   self.target_val, self.target_labeled]
+        files = sorted({f for dom in domains if dom is not None and dom.x is None for f in undecodable_files(dom.dataset)})
+        if files and self.split_info.get("undecodable_images", {}).get("count") != len(files):
+            self.split_info["undecodable_images"] = {"count": len(files), "files": files[:20]}
+            warnings.warn(f"skipped {len(files)} undecodable image(s) (on_bad_image=skip; each was replaced by another "
+                          f"image of its class): {', '.join(files[:3])}")
+
     def _rank(self):
         if self.trainer is None:
             return 0, 1
@@ -277,7 +288,7 @@ class DomainDataModule(pl.LightningDataModule):
                 warnings.warn(f"only {len(y)} labelled samples: batch size lowered from {batch_size} to {bs}")
             return TensorBatches((x, y, d), bs, shuffle=train, drop_last=train, seed=self.seed + seed_offset,
                                  rank=rank, world_size=world)
-        datasets = [_Tagged(_with_transform(dom, "train" if train else "eval"), di) for dom, di in parts]
+        datasets = [Tagged(_with_transform(dom, "train" if train else "eval"), di, y=dom.y) for dom, di in parts]
         collate = next((dom.meta.get("collate_fn") for dom, _ in parts if dom.meta.get("collate_fn")), None)
         g = torch.Generator().manual_seed(self.seed + seed_offset)
         return DataLoader(ConcatDataset(datasets), batch_size=batch_size, shuffle=train, drop_last=train,
@@ -288,7 +299,8 @@ class DomainDataModule(pl.LightningDataModule):
     def train_dataloader(self):
         labelled = self._labelled_domains()
         if not labelled and not self.source_free:
-            raise ValueError("no labelled training data: supervision='target' needs target labels")
+            raise UserError("no labelled training data: supervision='target' needs target labels "
+                            "(--data.target_labeled_per_class k, or supervision source / source+target)")
         n_t = round(self.unlabeled_ratio * self.batch_size)
         loaders = {"source": self._loader(labelled, self.batch_size, True, 101)} if labelled else {}
         loaders["target"] = self._loader([(self.target_train, self.num_sources)], n_t, True, 202)
@@ -325,51 +337,6 @@ def _classes_of(parts: Dict[str, Domain]) -> List[str]:
     return list(next(iter(parts.values())).classes)
 
 
-def _align_classes(dom: Domain, ref: List[str], spec: str, target: str) -> Domain:
-    """Map a source's labels onto the target's class order (classes matched by name)."""
-    if list(dom.classes) == list(ref):
-        return dom
-    if set(dom.classes) != set(ref):
-        only_s = sorted(set(dom.classes) - set(ref))[:10]
-        only_t = sorted(set(ref) - set(dom.classes))[:10]
-        raise ValueError(f"source {spec} and target {target} have different class sets: only in the source: {only_s}; "
-                         f"only in the target: {only_t}. Use domains with the same classes (matched by name).")
-    mapping = torch.tensor([ref.index(c) for c in dom.classes], dtype=torch.long)
-    if dom.x is not None:
-        return replace(dom, y=mapping[dom.y], classes=list(ref))
-    return replace(dom, dataset=_WithLabels(dom.dataset, mapping[dom.y]), y=mapping[dom.y], classes=list(ref))
-
-
-def _with_label_noise(dom: Domain, p: float, num_classes: int, seed: int) -> Domain:
-    """Replace a fraction ``p`` of the labels by a different, uniformly drawn class."""
-    g = torch.Generator().manual_seed(seed)
-    y = dom.y.clone()
-    n_flip = int(round(p * len(y)))
-    idx = torch.randperm(len(y), generator=g)[:n_flip]
-    shift = torch.randint(1, num_classes, (n_flip,), generator=g)
-    y[idx] = (y[idx] + shift) % num_classes
-    meta = {**dom.meta, "label_noise": p, "flipped": n_flip}
-    if dom.x is not None:
-        return replace(dom, y=y, meta=meta)
-    return replace(dom, dataset=_WithLabels(dom.dataset, y), y=y, meta=meta)
-
-
-class _WithLabels(Dataset):
-    """A lazy dataset whose label ``i`` is replaced by ``labels[i]`` (class re-mapping, label noise)."""
-
-    def __init__(self, dataset: Dataset, labels: torch.Tensor):
-        self.dataset, self.labels = dataset, labels
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return self.dataset[i][0], int(self.labels[i])
-
-    def with_transform(self, kind: str) -> "_WithLabels":
-        return _WithLabels(_with_transform_ds(self.dataset, kind), self.labels)
-
-
 def _concat(parts: List[Domain]) -> Domain:
     first = parts[0]
     y = torch.cat([p.y for p in parts])
@@ -384,21 +351,8 @@ def _to(dom: Optional[Domain], device: torch.device) -> Optional[Domain]:
     return replace(dom, x=dom.x.to(device), y=dom.y.to(device))
 
 
-def _with_transform_ds(ds: Dataset, kind: str) -> Dataset:
-    """Give a lazy dataset its train or eval transform, through ``Subset`` / ``ConcatDataset`` wrappers."""
-    from torch.utils.data import Subset
-
-    if hasattr(ds, "with_transform"):
-        return ds.with_transform(kind)
-    if isinstance(ds, Subset):
-        return Subset(_with_transform_ds(ds.dataset, kind), ds.indices)
-    if isinstance(ds, ConcatDataset):
-        return ConcatDataset([_with_transform_ds(d, kind) for d in ds.datasets])
-    return ds
-
-
 def _with_transform(dom: Domain, kind: str) -> Dataset:
-    return _with_transform_ds(dom.dataset, kind)
+    return with_transform_ds(dom.dataset, kind)
 
 
 def _tagged_collate(collate):

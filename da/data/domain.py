@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 from torch.utils.data import Dataset, Subset
 
-from da.errors import unknown_name
+from da.errors import UserError, unknown_name
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Domain:
         if self.x is not None and len(self.x) != len(self.y):
             raise ValueError(f"domain {self.name}: {len(self.x)} inputs but {len(self.y)} labels")
         if len(self.y) == 0:
-            raise ValueError(f"domain {self.name} is empty: no samples were found")
+            raise UserError(f"domain {self.name} is empty: no samples were found")
 
     def __len__(self) -> int:
         return len(self.y)
@@ -134,7 +134,7 @@ def parse_domain(spec: str) -> tuple:
     if "/" not in spec:
         _ensure_builtin_datasets()
         examples = ", ".join(f"{d.name}/{d.domains[0]}" for d in list(_DATASETS.values())[:4])
-        raise ValueError(f"domain '{spec}' must be written '<dataset>/<domain>', e.g. {examples}")
+        raise UserError(f"domain '{spec}' must be written '<dataset>/<domain>', e.g. {examples}")
     ds, dom = spec.split("/", 1)
     info = get_dataset(ds)
     if info.domains and dom not in info.domains:
@@ -146,3 +146,45 @@ def load_domain(spec: str, root: Optional[str] = None, **opts: Any) -> Dict[str,
     """Load ``"<dataset>/<domain>"`` through its registered loader."""
     ds, dom = parse_domain(spec)
     return get_dataset(ds).loader(dom, root=root, **opts)
+
+
+def sample_shape(dom: Domain) -> Optional[tuple]:
+    """The shape of one input of ``dom`` (``None`` for inputs without a fixed shape, e.g. tokens)."""
+    if dom.x is not None:
+        return tuple(dom.x.shape[1:])
+    if dom.modality == "text":
+        return None
+    for i in range(min(len(dom), 8)):  # the first readable sample (under on_bad_image=skip a file may be damaged)
+        try:
+            x = dom.dataset[i][0]
+        except UserError as err:
+            if getattr(err, "skippable", False):
+                continue
+            raise
+        return tuple(x.shape) if isinstance(x, torch.Tensor) else None
+    return None
+
+
+def _describe_shape(shape: tuple) -> str:
+    return f"{shape[0]}-d features" if len(shape) == 1 else "inputs of shape " + "x".join(map(str, shape))
+
+
+def check_same_input_shape(sources: List[tuple], target: tuple) -> None:
+    """Every source's inputs have the target's shape (feature dimension, image channels and size).
+
+    Without this, a 17-d target with a 16-d source fails at the first step with ``mat1 and mat2 shapes cannot be
+    multiplied``. ``sources`` and ``target`` are ``(spec, Domain)`` pairs.
+    """
+    t_spec, t_dom = target
+    t_shape = sample_shape(t_dom)
+    if t_shape is None:
+        return
+    for spec, dom in sources:
+        shape = sample_shape(dom)
+        if shape is not None and shape != t_shape:
+            fix = ("use features from the same extractor for both domains (or --data.options.n_features for "
+                   "svmlight files)" if len(shape) == len(t_shape) == 1 else
+                   "give both domains the same --data.options.image_size and --data.options.channels")
+            raise UserError(f"source {spec} has {_describe_shape(shape)} but target {t_spec} has "
+                            f"{_describe_shape(t_shape)}: domains must have the same input shape; {fix}")
+

@@ -30,11 +30,13 @@ def resolve_root(root: Optional[str | os.PathLike] = None) -> Path:
 
 
 def missing_data_error(what: str, looked: Path, how: str) -> FileNotFoundError:
-    """A ``FileNotFoundError`` naming what is missing, where it was looked for and how to get it.
+    """A :class:`~da.errors.MissingFileError` (a ``FileNotFoundError``) naming what is missing, where it was looked for and how to get it.
 
     Example: ``missing_data_error("MNIST", root / "digits/mnist", "pass --data.root ../shared/data")``.
     """
-    return FileNotFoundError(
+    from da.errors import MissingFileError
+
+    return MissingFileError(
         f"{what} not found: looked in '{looked}' (data root from --data.root, ${ENV_VAR} or {DEFAULT_ROOT}). "
         f"To get it: {how}"
     )

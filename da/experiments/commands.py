@@ -49,6 +49,11 @@ def table_main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = table_parser().parse_args(argv)
     records = load_records(args.paths, strict=not args.skip_invalid)
+    if not records:
+        from da.errors import UserError
+
+        raise UserError(f"no result.json records under {', '.join(map(str, args.paths))}: give run or sweep "
+                        f"directories (a run writes <run_dir>/result.json when it starts)")
     records = [r for r in records if (args.tasks is None or r.get("task") in args.tasks)
                and (args.methods is None or r.get("method") in args.methods)]
     if not records:

@@ -68,6 +68,7 @@ def _build_cli_class():
     from pytorch_lightning.loggers import CSVLogger, Logger
 
     from da.progress_bar import add_progress_bar
+    from da.runs.preflight import check_ckpt_path, check_trainer_args
 
     class _Heartbeat(Callback):
         """After each validation of ``fit``: flush the loggers and rewrite the ``running`` record (wall time so far),
@@ -103,6 +104,7 @@ def _build_cli_class():
             """LightningCLI merges a checkpoint's ``hyper_parameters`` over the command line here, so a checkpoint
             could name code (``backbone: os.system``) and silently replace ``--model.lr``. The run's config comes
             only from the command line and config files; a difference from the checkpoint is reported, not applied."""
+            check_ckpt_path(self.config)  # a missing, truncated or foreign --ckpt_path is one line, before any work
             sub = self.config.get("subcommand")
             ckpt_path = self.config[sub].get("ckpt_path") if sub else None
             if not ckpt_path or not Path(ckpt_path).is_file():
@@ -145,6 +147,7 @@ def _build_cli_class():
             return path
 
         def _instantiate_trainer(self, config: Dict[str, Any], callbacks: List[Callback]):
+            check_trainer_args(config, self.subcommand)  # max_steps <= 0, val_check_interval longer than the run
             self.run_dir = self._run_dir()
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if _rank_zero():

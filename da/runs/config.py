@@ -18,6 +18,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from da.errors import MissingFileError, UserError
+
 HASH_LENGTH = 12
 #: dotted config keys that do not change what a run computes (where it writes, how it logs, where it resumes from)
 VOLATILE_KEYS = ("run_dir", "ckpt_path", "config", "trainer.logger", "trainer.callbacks", "trainer.default_root_dir",
@@ -46,13 +48,15 @@ def load_yaml(path: str | Path) -> Any:
     """Load one YAML file (``1e-3`` is a float); an empty file is ``{}``."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FileNotFoundError(f"config file not found: {path}") from None
+        raise MissingFileError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (bad byte at offset {err.start}); save the file as UTF-8") from None
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
-        raise ValueError(f"{path} is not valid YAML: {err}") from None
+        raise UserError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
     return {} if data is None else data
 
 

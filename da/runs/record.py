@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Sequence, Union
 
+from da.errors import MissingFileError, UserError
 from da.runs.io import write_json_atomic
 
 SCHEMA_VERSION = 1
@@ -63,7 +64,7 @@ _OPTIONAL: dict[str, tuple[type, ...]] = {
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-class RecordError(ValueError):
+class RecordError(UserError):
     """A ``result.json`` that does not follow schema 1; the message names the file, the key and the fix."""
 
 
@@ -193,7 +194,7 @@ def find_record_files(paths: Iterable[PathLike]) -> list[Path]:
         elif p.is_dir():
             found.extend(sorted(p.rglob(RESULT_FILE)))
         else:
-            raise FileNotFoundError(f"no such file or directory: {p} (give run directories, sweep directories or result.json files)")
+            raise MissingFileError(f"no such file or directory: {p} (give run directories, sweep directories or result.json files)")
     return found
 
 

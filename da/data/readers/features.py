@@ -36,7 +36,7 @@ import torch
 
 from da.data.domain import Domain, register_dataset
 from da.data.roots import missing_data_error, resolve_root
-from da.errors import unknown_name
+from da.errors import UserError, unknown_name
 
 FEATURE_EXTENSIONS = (".npz", ".mat", ".csv", ".svmlight")
 X_KEYS = {"npz": ("x", "X", "features"), "mat": ("fts", "feas", "X", "features")}
@@ -129,7 +129,14 @@ def read_svmlight_files(paths: List[Path], n_features: Optional[int] = None,
 def read_feature_file(path: Path, n_features: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """``(x (n, d) float32, y (n,) raw label values)`` from a ``.npz`` / ``.mat`` / ``.csv`` / ``.svmlight`` file."""
     path = Path(path)
-    return _checked(path, *_read_any(path, n_features))
+    try:
+        x, y = _read_any(path, n_features)
+    except (ValueError, KeyError, OSError) as err:
+        text = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+        if str(path) in text or path.name in text:
+            raise
+        raise UserError(f"{path}: not a readable {path.suffix} feature file ({type(err).__name__}: {text})") from err
+    return _checked(path, x, y)
 
 
 def _read_any(path: Path, n_features: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:

@@ -31,8 +31,12 @@ averages of those):
 Unreadable files: with ``on_bad_image="skip"`` (default) every file's header is opened at load time
 (``PIL.Image.open``, no full decode), unreadable ones are dropped, counted in ``meta["skipped"]`` and reported in
 one warning; with ``"error"`` the first one raises naming the file. A file that passes the header check but
-fails to decode later raises ``RuntimeError`` naming the file (in a worker too, where the DataLoader re-raises
-it). ``check_images=False`` skips the header scan (for very large folders, e.g. DomainNet).
+fails to decode later (a truncated JPEG) raises :class:`UnreadableImageError` naming the file, in a DataLoader
+worker too; it is marked in the dataset's ``undecodable`` flags (shared memory, so the main process sees what the
+workers found, see :func:`undecodable_files`). Under ``skip`` the error is *skippable* and the data module uses
+the next readable image of the same class and split in its place (the batch keeps its size, the label stays
+right); under ``error`` ``da`` stops with one line naming the file. ``check_images=False`` skips the header scan
+(for very large folders, e.g. DomainNet).
 
 ``cache_decoded=True`` (``--data.options '{cache_decoded: true}'``) decodes each image once into a ``uint8`` tensor
 cache, in memory and on disk, and runs the augmentation on the tensors: see :mod:`da.data.readers.image_cache` (for
@@ -51,7 +55,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from da.data.domain import Domain, register_dataset
 from da.data.roots import missing_data_error, resolve_root
-from da.errors import unknown_name
+from da.errors import MissingFileError, UserError, unknown_name
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -75,6 +79,13 @@ def build_transform(kind: str, image_size: int = DEFAULT_IMAGE_SIZE, channels: i
     return T.Compose(steps + [T.ToTensor(), T.Normalize(mean, std)])
 
 
+class UnreadableImageError(UserError):
+    """An image file that cannot be decoded; ``skippable`` when ``on_bad_image="skip"`` (the data module then uses
+    another image of the same class in its place). One message argument, so a DataLoader worker can re-raise it."""
+
+    skippable = False
+
+
 class ImageFolderDataset(Dataset):
     """Lazy ``(image tensor, label)`` items from a list of files; cheap to copy with another transform.
 
@@ -84,7 +95,7 @@ class ImageFolderDataset(Dataset):
 
     def __init__(self, files: Sequence[str], labels: Sequence[int], classes: Sequence[str], kind: str = "eval",
                  image_size: int = DEFAULT_IMAGE_SIZE, channels: int = 3,
-                 images: Optional[torch.Tensor] = None) -> None:
+                 images: Optional[torch.Tensor] = None, on_bad_image: str = "skip") -> None:
         if len(files) != len(labels):
             raise ValueError(f"{len(files)} files but {len(labels)} labels")
         if channels not in (1, 3):
@@ -108,6 +119,9 @@ class ImageFolderDataset(Dataset):
 
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.channels == 3 else (GREY_MEAN, GREY_STD)
         return build_tensor_transform(kind, self.image_size, mean, std)
+        self.on_bad_image = on_bad_image
+        # files found undecodable, by index; in shared memory so that DataLoader workers report to the main process
+        self.undecodable = torch.zeros(len(self.files), dtype=torch.bool).share_memory_()
 
     def __len__(self) -> int:
         return len(self.files)
@@ -116,12 +130,20 @@ class ImageFolderDataset(Dataset):
         from PIL import Image
 
         path = self.files[i]
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB" if self.channels == 3 else "L")  # convert() decodes fully
-        except Exception as err:
-            raise RuntimeError(f"cannot decode image '{path}' ({type(err).__name__}: {err}); it passed the header "
-                               f"check at load time, so the file is damaged inside: remove or replace it") from err
+        detail = "found undecodable before"
+        if not self.undecodable[i]:
+            try:
+                with Image.open(path) as im:
+                    return im.convert("RGB" if self.channels == 3 else "L")  # convert() decodes fully
+            except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError ... for bad data
+                self.undecodable[i] = True
+                detail = f"{type(err).__name__}: {err}"
+        skip = self.on_bad_image == "skip"
+        err = UnreadableImageError(
+            f"cannot decode image '{path}' ({detail}); it passed the header check at load time, so the file is "
+            f"damaged inside: remove or replace it" + ("" if skip else ", or set --data.options.on_bad_image skip"))
+        err.skippable = skip
+        raise err
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
         if self.images is not None:
@@ -134,6 +156,17 @@ class ImageFolderDataset(Dataset):
         new.kind = kind
         new.transform = new._transform(kind)
         return new
+
+
+def undecodable_files(dataset: Optional[Dataset]) -> List[str]:
+    """Files of the image-folder datasets inside ``dataset`` (through ``Subset``, ``ConcatDataset`` and other
+    wrappers with a ``dataset`` attribute) found undecodable so far, in any process."""
+    if dataset is None:
+        return []
+    if isinstance(dataset, ImageFolderDataset):
+        return [dataset.files[i] for i in dataset.undecodable.nonzero().flatten().tolist()]
+    inner = getattr(dataset, "datasets", None) or [getattr(dataset, "dataset", None)]
+    return [f for d in inner for f in undecodable_files(d)]
 
 
 def with_transform(dataset: Dataset, kind: str) -> Dataset:
@@ -178,8 +211,8 @@ def load_image_domain(name: str, folder: Path, *, image_size: Optional[int] = No
                       cache_dir: Optional[str] = None) -> Dict[str, Domain]:
     """One image-folder domain ``folder/<class>/*`` as ``{"all": Domain}`` (see the module docstring)."""
     if on_bad_image not in ("skip", "error"):
-        raise ValueError(f"on_bad_image='{on_bad_image}' must be 'skip' (drop and count unreadable images) "
-                         f"or 'error' (stop at the first one)")
+        raise UserError(f"on_bad_image='{on_bad_image}' must be 'skip' (drop and count unreadable images) "
+                        f"or 'error' (stop at the first one)")
     files, labels, classes = scan_image_folder(folder)
     skipped: List[str] = []
     if check_images and files:
@@ -189,7 +222,8 @@ def load_image_domain(name: str, folder: Path, *, image_size: Optional[int] = No
             if err is None:
                 keep.append((f, y))
             elif on_bad_image == "error":
-                raise RuntimeError(f"unreadable image '{f}' ({err}); remove it or set on_bad_image='skip'")
+                raise UserError(f"unreadable image '{f}' ({err}); remove it or set on_bad_image='skip' "
+                                f"(--data.options.on_bad_image skip)")
             else:
                 skipped.append(f)
         files, labels = [k[0] for k in keep], [k[1] for k in keep]
@@ -198,7 +232,7 @@ def load_image_domain(name: str, folder: Path, *, image_size: Optional[int] = No
                       f"{', '.join(skipped[:3])}", stacklevel=2)
     if not files:
         extra = f" ({len(skipped)} unreadable file(s) skipped)" if skipped else ""
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no images found in '{folder}'{extra}: expected {folder}/<class>/<image> with extensions "
             f"{', '.join(IMG_EXTENSIONS)}; found class folders: {classes or 'none'}")
     size = DEFAULT_IMAGE_SIZE if image_size is None else int(image_size)
@@ -208,7 +242,8 @@ def load_image_domain(name: str, folder: Path, *, image_size: Optional[int] = No
         from da.data.readers.image_cache import load_or_build
 
         images, cache_info = load_or_build(files, chans, size, cache_dir)
-    ds = ImageFolderDataset(files, labels, classes, kind="eval", image_size=size, channels=chans, images=images)
+    ds = ImageFolderDataset(files, labels, classes, kind="eval", image_size=size, channels=chans, images=images,
+                              on_bad_image=on_bad_image)
     meta = {"folder": str(folder), "skipped": len(skipped), "skipped_files": skipped[:20], "image_size": size,
             "normalization": {"mean": list(IMAGENET_MEAN if ds.channels == 3 else GREY_MEAN),
                               "std": list(IMAGENET_STD if ds.channels == 3 else GREY_STD)}}
@@ -257,8 +292,8 @@ def _find_domain_folder(parent: Path, domain: str, dataset: str) -> Path:
                 return subdirs[0]
             return d
     found = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
-    raise FileNotFoundError(f"domain folder '{parent / domain}' of dataset '{dataset}' not found; "
-                            f"sub-folders there: {found or 'none'}. Put the images in {parent / domain}/<class>/")
+    raise MissingFileError(f"domain folder '{parent / domain}' of dataset '{dataset}' not found; "
+                           f"sub-folders there: {found or 'none'}. Put the images in {parent / domain}/<class>/")
 
 
 def _make_folder_loader(dataset: str):
