@@ -73,7 +73,7 @@ def fx(tmp_path_factory) -> Path:
 
 
 IMAGES = ["--data.sources", "[imagefolder/a]", "--data.target", "imagefolder/b", "--data.batch_size", "4",
-          "--data.eval_batch_size", "8", "--model.backbone", "lenet", "--model.backbone_args",
+          "--data.eval_batch_size", "8", "--model.backbone", "lenet_bn", "--model.backbone_args",
           "{width: 4, out_features: 16}", "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
           "--data.num_workers", "1"]
 

@@ -140,6 +140,16 @@ def test_top_level_help_lists_commands(capsys):
         assert cmd in out
 
 
+def test_last_checkpoint_is_the_last_step_even_when_best_stops_improving(tmp_path):
+    # lr 0: the monitored val/source_acc never improves after the first validation; Lightning's own save_last would
+    # then leave last.ckpt at step 10 of 40
+    run_cli(fit_args(tmp_path / "r", ["--model.lr", "0.0"]))
+    last = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    best = torch.load(tmp_path / "r" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 40
+    assert best["global_step"] == 20
+
+
 def test_direct_transfer_with_da_test(tmp_path):
     run_cli(fit_args(tmp_path / "src"))
     ckpt = tmp_path / "src" / "checkpoints" / "last.ckpt"

@@ -70,6 +70,17 @@ def _build_cli_class():
     from da.progress_bar import add_progress_bar
     from da.runs.preflight import check_ckpt_path, check_trainer_args
 
+    class _BestAndLast(ModelCheckpoint):
+        """``best.ckpt`` by the selection metric and a ``last.ckpt`` rewritten at *every* validation. Lightning 2.6's
+        ``save_last=True`` rewrites ``last.ckpt`` only when ``best.ckpt`` improved, so a run whose metric plateaus
+        (``val/source_acc`` = 1.0 early) kept an early state there, and ``--ckpt_path last`` resumed, and
+        ``--model.init_from .../last.ckpt`` started, from that early step."""
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            super().on_validation_end(trainer, pl_module)
+            if self.save_last and not trainer.sanity_checking and not self._should_skip_saving_checkpoint(trainer):
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     class _Heartbeat(Callback):
         """After each validation of ``fit``: flush the loggers and rewrite the ``running`` record (wall time so far),
         so a run killed later keeps its rows and the length of this segment. Runs before the checkpoint is saved."""
@@ -180,7 +191,7 @@ def _build_cli_class():
             user_cbs = config.get("callbacks") or []
             user_cbs = [user_cbs] if isinstance(user_cbs, Callback) else list(user_cbs)  # one callback or a list
             if not any(isinstance(c, ModelCheckpoint) for c in user_cbs + callbacks):
-                callbacks.append(ModelCheckpoint(dirpath=str(self.run_dir / "checkpoints"), filename="best",
+                callbacks.append(_BestAndLast(dirpath=str(self.run_dir / "checkpoints"), filename="best",
                                                  monitor=getattr(self.datamodule, "selection_metric", "val/source_acc"),
                                                  mode="max", save_last=True,
                                                  enable_version_counter=False))

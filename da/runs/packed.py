@@ -2,7 +2,7 @@
 
 ``da table <sweep dir> --save-records results/<table>.jsonl`` writes them; ``da table results/<table>.jsonl`` (any
 path ending in ``.jsonl``) reads them back and builds the same table, byte for byte, without the run directories.
-A packed record keeps ``schema``, ``status``, ``task``, ``method``, ``seed``, ``config_hash``, the final ``metrics``
+A packed record keeps ``schema``, ``status``, ``task``, ``method``, ``seed``, ``config_hash``, the ``recipe``, the final ``metrics``
 (every scalar: any ``--metric`` and every selection rule still work), the sweep ``params`` (for ``--by``), the run
 directory's last two path parts (the candidates' tie-break order) and, for a failed run, its error's last line; it
 drops the config, the per-validation ``history`` (so ``--select-over checkpoints`` needs the full records), versions,
@@ -19,12 +19,15 @@ from da.runs.io import write_text_atomic
 from da.runs.record import RecordError, validate_record
 
 SUFFIX = ".jsonl"
-KEPT = ("schema", "status", "task", "method", "seed", "config_hash", "metrics")
+KEPT = ("schema", "status", "task", "method", "seed", "config_hash", "recipe", "metrics")
 
 
 def pack(record: dict) -> dict:
     """The compact form of one record (see the module docstring)."""
     out = {k: record.get(k) for k in KEPT}
+    out["recipe"] = record.get("recipe") or (record.get("config") or {}).get("recipe")
+    if out["recipe"] is None:
+        del out["recipe"]
     run_dir = record.get("run_dir")
     if run_dir:
         out["run_dir"] = "/".join(Path(run_dir).parts[-2:])

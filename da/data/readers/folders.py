@@ -111,6 +111,9 @@ class ImageFolderDataset(Dataset):
                              f"{images.dtype} {tuple(images.shape)}")
         self.images = images
         self.transform = self._transform(kind)
+        self.on_bad_image = on_bad_image
+        # files found undecodable, by index; in shared memory so that DataLoader workers report to the main process
+        self.undecodable = torch.zeros(len(self.files), dtype=torch.bool).share_memory_()
 
     def _transform(self, kind: str):
         if self.images is None:
@@ -119,9 +122,6 @@ class ImageFolderDataset(Dataset):
 
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.channels == 3 else (GREY_MEAN, GREY_STD)
         return build_tensor_transform(kind, self.image_size, mean, std)
-        self.on_bad_image = on_bad_image
-        # files found undecodable, by index; in shared memory so that DataLoader workers report to the main process
-        self.undecodable = torch.zeros(len(self.files), dtype=torch.bool).share_memory_()
 
     def __len__(self) -> int:
         return len(self.files)
