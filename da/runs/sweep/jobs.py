@@ -258,12 +258,13 @@ def record_outcome(job: Job, returncode: int, started: float, started_at: str, b
 
 
 def claim(job: Job) -> Optional[str]:
-    """Take the lock of the job's run directory and decide again what to do with it.
+    """Make the job's run directory, take its lock and decide again what to do with it.
 
     ``None``: this process now holds the run and the job's command is (re)built from the decision; otherwise the
     lock is not kept and the job's outcome is returned: ``busy`` (another live process holds the directory),
     ``skipped`` (it finished meanwhile) or ``skip-failed`` (it failed meanwhile; rerun with ``--retry-failed``).
     """
+    Path(job.run_dir).mkdir(parents=True, exist_ok=True)
     if locks.try_lock(job.run_dir) is None:
         return BUSY
     _, action = decide(job.run_dir, job.retry_failed)
@@ -285,7 +286,6 @@ def execute_job(job: Job, extra_env: Optional[dict[str, str]] = None) -> str:
     (``SLURM_PROCID=0``) does the bookkeeping.
     """
     run_dir = Path(job.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     outcome = claim(job)
     if outcome is not None:
         return outcome

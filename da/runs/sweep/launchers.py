@@ -84,15 +84,13 @@ class InProcessLauncher(LocalLauncher):
 def _execute_in_process(job: Job) -> str:
     from da.runs.cli_fit import run_cli
 
-    run_dir = Path(job.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     outcome = claim(job)
     if outcome is not None:
         return outcome
     try:
         return _run_claimed_in_process(job, run_cli)
     finally:
-        locks.release(run_dir)
+        locks.release(job.run_dir)
 
 
 def _run_claimed_in_process(job: Job, run_cli) -> str:
