@@ -175,3 +175,26 @@ def test_amazon_logreg_row_uses_every_pair(monkeypatch):
     acc = logreg.pair_accuracies("unused")
     assert len(acc) == 12
     assert all(a == (0.0 if "kitchen" in (s, t) else 1.0) for (s, t), a in acc.items())
+
+
+def test_channels_last_is_the_same_network_in_another_layout():
+    torch.manual_seed(0)
+    plain = TransferModule(input_shape=(1, 28, 28), backbone="lenet", bottleneck_dim=256).eval()
+    fast = TransferModule(input_shape=(1, 28, 28), backbone="lenet", bottleneck_dim=256, channels_last=True).eval()
+    fast.load_state_dict(plain.state_dict())  # copies into the channels_last weights, keeping their layout
+    conv = fast.backbone.conv2[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    seen = []
+    fast.backbone.conv1.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(
+        memory_format=torch.channels_last)))
+    x = torch.randn(8, 1, 28, 28)
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)
+    assert seen == [True]
+    # the layout survives a copy (ADDA's target encoder is a deepcopy of the backbone)
+    import copy
+    twin = copy.deepcopy(fast.backbone)
+    seen.clear()
+    twin(x)
+    assert seen == [True]  # (deepcopy copies both hooks: the probe on conv1 and the converting one)
+    assert twin.conv2[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert len(twin._forward_pre_hooks) == 1
