@@ -50,3 +50,28 @@ def test_cadence_logging_writes_the_same_metrics_csv(tmp_path, monkeypatch):
     assert "train/dann_disc_acc" in a[0] and "train/dann_weight" in a[0]
     final_a, final_b = _train_metrics(tmp_path / "cadence"), _train_metrics(tmp_path / "every")
     assert final_a == pytest.approx(final_b) and "train/dann" in final_a  # the record's final train/* values
+
+
+def test_manual_methods_log_on_the_same_cadence(tmp_path, monkeypatch):
+    """A method with its own update rule (MCD here) logs its dict on the logger's steps only, as a loss term does."""
+    mcd = ["--model.method", "{class_path: da.methods.MCD, init_args: {num_generator_steps: 2}}",
+           "--trainer.max_steps", "23", "--trainer.log_every_n_steps", "5", "--trainer.val_check_interval", "10"]
+    calls = []
+    real = TransferModule.log_dict
+
+    def counting(self, d, *a, **k):
+        if any(key.startswith("train/") for key in d):
+            calls.append(self.global_step)
+        return real(self, d, *a, **k)
+
+    monkeypatch.setattr(TransferModule, "log_dict", counting)
+    run_cli(fit_args(tmp_path / "cadence", mcd))
+    cadence_calls = list(calls)
+    calls.clear()
+    with monkeypatch.context() as m:
+        m.setattr(TransferModule, "_train_logs_due", lambda self: True)
+        run_cli(fit_args(tmp_path / "every", mcd))
+    assert len(calls) == 23 and cadence_calls == [5, 10, 15, 20, 23]
+    a, b = _rows(tmp_path / "cadence"), _rows(tmp_path / "every")
+    assert a == b and [r["step"] for r in a if r["train/loss"]] == ["4", "9", "14", "19"]
+    assert _train_metrics(tmp_path / "cadence") == pytest.approx(_train_metrics(tmp_path / "every"))

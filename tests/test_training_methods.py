@@ -15,7 +15,7 @@ from da.data.datamodule import DomainDataModule
 from da.errors import UserError
 from da.losses import DomainAdversarialLoss
 from da.methods import (ADDA, MCD, SHOT, FixMatch, TrainingMethod, classifier_discrepancy, cluster_centroids,
-                        fixmatch_loss, information_maximization, nearest_centroid)
+                        fixmatch_loss, nearest_centroid)
 from da.methods.augment import strong_features, strong_image, weak_features, weak_image
 from da.module import TransferModule
 
@@ -258,13 +258,26 @@ def test_fixmatch_trains_on_features_with_the_unlabelled_ratio():
 
 # ----------------------------------------------------------------------------- SHOT
 
-def test_information_maximization_values():
+def test_shot_uses_the_im_terms_of_the_losses():
+    from da.losses import InformationMaximization
+    from da.losses.base import StepContext
+    from da.losses.confusion import prediction_entropies
     uniform = torch.zeros(4, 3)
-    ent, div = information_maximization(uniform, eps=0.0)
-    assert ent.item() == pytest.approx(math.log(3)) and div.item() == pytest.approx(-math.log(3))
+    for eps in (None, 0.0, 1e-5):
+        ent, h_bar = prediction_entropies(uniform, eps=eps)
+        assert ent.item() == pytest.approx(math.log(3), abs=1e-4) and h_bar.item() == pytest.approx(math.log(3), abs=1e-4)
     confident_same = torch.tensor([[20.0, 0, 0], [20.0, 0, 0]])
-    ent, div = information_maximization(confident_same, eps=0.0)
-    assert ent.item() == pytest.approx(0.0, abs=1e-6) and div.item() == pytest.approx(0.0, abs=1e-6)
+    ent, h_bar = prediction_entropies(confident_same, eps=0.0)
+    assert ent.item() == pytest.approx(0.0, abs=1e-6) and h_bar.item() == pytest.approx(0.0, abs=1e-6)
+    # SHOT's objective with beta = 0 (SHOT-IM) is the `im` loss with diversity 1, up to the authors' eps
+    torch.manual_seed(0)
+    z = torch.randn(16, 5)
+    shot = SHOT(beta=0.0, eps=1e-5)
+    shot.centroids = torch.randn(5, 5)
+    loss_shot = shot.shot_loss(torch.randn(16, 5), z)[0]
+    ctx = StepContext(f_s=z, f_t=z, logits_s=z, logits_t=z, y_s=torch.zeros(16, dtype=torch.long))
+    loss_im = InformationMaximization(diversity=1.0)(ctx)
+    assert loss_shot.item() == pytest.approx(loss_im.item(), abs=1e-4)
 
 
 def test_cluster_centroids_recover_two_directions():

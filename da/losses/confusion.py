@@ -39,6 +39,27 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def prediction_entropies(logits: torch.Tensor, eps: Optional[float] = None):
+    """``(1/n sum_i H(p_i), H(p_bar))`` of ``p = softmax(logits)``: the two terms of information maximisation.
+
+    The one home of these terms (the ``ent`` / ``im`` losses here, SHOT's objective in :mod:`da.methods.shot`).
+    ``eps=None`` is exact (``log_softmax``; ``0 log 0 = 0`` for ``p_bar``); a float ``eps`` computes
+    ``-sum p log(p + eps)`` as SHOT's authors' code does (1e-5 there).
+    """
+    logits = _upcast(logits)
+    if eps is None:
+        logp = F.log_softmax(logits, dim=-1)
+        p = logp.exp()
+        ent = -(p * logp).sum(-1).mean()
+        p_bar = p.mean(0)
+        div = -(p_bar * p_bar.clamp_min(torch.finfo(p_bar.dtype).tiny).log()).sum()
+        return ent, div
+    p = logits.softmax(-1)
+    ent = -(p * (p + eps).log()).sum(-1).mean()
+    p_bar = p.mean(0)
+    return ent, -(p_bar * (p_bar + eps).log()).sum()
+
+
 def prediction_entropy(probs: torch.Tensor) -> torch.Tensor:
     """Mean entropy ``-1/n sum_i sum_c p_ic log p_ic`` of probability rows ``probs (n, C)``."""
     return -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
@@ -108,12 +129,7 @@ class InformationMaximization(AdaptationLoss):
         self.diversity = float(diversity)
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
-        logits = _upcast(_target_logits(self, ctx))
-        logp = F.log_softmax(logits, dim=-1)
-        p = logp.exp()
-        ent = -(p * logp).sum(-1).mean()
-        p_bar = p.mean(0)
-        div = -(p_bar * p_bar.clamp_min(torch.finfo(p_bar.dtype).tiny).log()).sum()
+        ent, div = prediction_entropies(_target_logits(self, ctx))
         self.last_logs = {"ent": ent.detach(), "div": div.detach()}
         return ent - self.diversity * div
 

@@ -9,7 +9,7 @@ from da.methods.adda import ADDA
 from da.methods.base import TrainingMethod, freeze, trainable
 from da.methods.fixmatch import FixMatch, fixmatch_loss
 from da.methods.mcd import MCD, classifier_discrepancy
-from da.methods.shot import SHOT, cluster_centroids, information_maximization, nearest_centroid
+from da.methods.shot import SHOT, cluster_centroids, nearest_centroid
 
 __all__ = ["TrainingMethod", "trainable", "freeze", "ADDA", "MCD", "classifier_discrepancy", "FixMatch",
-           "fixmatch_loss", "SHOT", "information_maximization", "cluster_centroids", "nearest_centroid"]
+           "fixmatch_loss", "SHOT", "cluster_centroids", "nearest_centroid"]

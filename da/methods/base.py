@@ -162,11 +162,14 @@ def method_training_step(module: "TransferModule", batch: Dict[str, Any]) -> tor
     for config in module.trainer.lr_scheduler_configs:
         if config.interval == "step":
             config.scheduler.step()
+    loss = logs.get("loss")
+    loss = torch.as_tensor(loss).detach().float() if loss is not None else None
+    if not module._train_logs_due():  # as the loss-term path: log only on the steps the logger writes
+        return loss
     n = _batch_size(batch)
     distributed = module.trainer.world_size > 1
     out = {f"train/{k}": torch.as_tensor(v).detach().float() for k, v in logs.items()}
     module.log_dict(out, on_step=True, on_epoch=False, prog_bar=False, batch_size=n, sync_dist=distributed)
-    loss = out.get("train/loss")
     if loss is not None:
         module.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, logger=False, batch_size=n)
     return loss

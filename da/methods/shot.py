@@ -20,29 +20,21 @@ once per pass over the target, as the paper's "each epoch")::
 Training batches carry no sample index, so a sample's pseudo-label is its nearest centroid ``c^(1)`` computed from
 the current (detached) features of the batch; at a refresh this is exactly the paper's ``y^``, in between it follows
 the features. The centroids are a persistent buffer (saved in checkpoints: a resumed run continues exactly). Under
-DDP the centroid sums are all-reduced. The information-maximisation term is :func:`information_maximization`
-(``L_ent + L_div``), written here so SHOT needs no other file (the loss-shaped ``im`` term of ``da.losses`` is the
-same quantity).
+DDP the centroid sums are all-reduced. ``L_ent`` and ``L_div`` come from
+:func:`da.losses.confusion.prediction_entropies`, the same function as the loss-shaped ``im`` term (with the
+authors' ``eps`` inside the logarithms).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 
 from da.errors import UserError
+from da.losses.confusion import prediction_entropies
 from da.methods.base import NamedParameters, TrainingMethod, freeze, trainable
-
-
-def information_maximization(logits: torch.Tensor, eps: float = 1e-5) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(L_ent, L_div)``: mean prediction entropy, and ``sum_k pbar_k log pbar_k`` (negative entropy of the mean)."""
-    p = logits.float().softmax(-1)
-    ent = -(p * (p + eps).log()).sum(-1).mean()
-    pbar = p.mean(0)
-    div = (pbar * (pbar + eps).log()).sum()
-    return ent, div
 
 
 def cluster_centroids(feats: torch.Tensor, probs: torch.Tensor, reduce=None) -> torch.Tensor:
@@ -130,7 +122,8 @@ class SHOT(TrainingMethod):
 
     def shot_loss(self, f: torch.Tensor, logits: torch.Tensor):
         """``(L, L_ent, L_div, L_pl, pseudo-labels)`` of one target batch given the current centroids."""
-        ent, div = information_maximization(logits, self.eps)
+        ent, h_bar = prediction_entropies(logits.float(), self.eps)
+        div = -h_bar  # L_div = sum_k pbar_k log pbar_k
         pseudo = nearest_centroid(f.detach(), self.centroids)
         pl = F.cross_entropy(logits.float(), pseudo) if self.beta > 0 else logits.sum() * 0
         return ent + self.div_weight * div + self.beta * pl, ent, div, pl, pseudo
