@@ -60,19 +60,27 @@ def _da_command():
     return [exe] if exe else [sys.executable, "-m", "da.cli"]
 
 
+def ddp_fit(cfg: Path, cwd: Path, *args: str, devices: int = 2, strategy: str = "ddp") -> subprocess.CompletedProcess:
+    """``da fit --config cfg`` as a subprocess on ``devices`` CPU processes (gloo); Lightning re-launches the same
+    command for the other ranks, so this checkout's ``da`` is put first on their path. Asserts exit 0."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "DA_DDP_RUN_DIR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([*_da_command(), "fit", "--config", str(cfg), "--trainer.devices", str(devices),
+                           "--trainer.strategy", strategy, *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     cfg = root / "config.yaml"
     cfg.write_text(CONFIG)
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "DA_DDP_RUN_DIR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
     ddp_cwd = root / "ddp"
     ddp_cwd.mkdir()
-    proc = subprocess.run([*_da_command(), "fit", "--config", str(cfg), "--data.batch_size", "16",
-                           "--trainer.devices", "2", "--trainer.strategy", "ddp"],
-                          cwd=ddp_cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = ddp_fit(cfg, ddp_cwd, "--data.batch_size", "16")
     run_cli(["fit", "--config", str(cfg), "--data.batch_size", "32", "--trainer.devices", "1",
              "--run_dir", str(root / "single32")])
     run_cli(["fit", "--config", str(cfg), "--data.batch_size", "16", "--trainer.devices", "1",
@@ -142,3 +150,45 @@ def test_shuffled_shards_interleave_the_global_batch():
              for r in range(2)]
     for i, batch in enumerate(one):
         assert torch.stack([ranks[0][i], ranks[1][i]], 1).flatten().tolist() == batch.tolist()
+
+
+# ----------------------------------------------------------------------------- a method with its own update rule
+
+MCD_CONFIG = """\
+seed_everything: 3
+trainer:
+  max_steps: 8
+  val_check_interval: 8
+  enable_progress_bar: false
+  enable_model_summary: false
+  accelerator: cpu
+model:
+  backbone: mlp
+  backbone_args: {hidden: [16], dropout: 0.0, batch_norm: false}
+  optimizer: sgd
+  lr: 0.05
+  momentum: 0.9
+  method:
+    class_path: da.methods.MCD
+    init_args: {num_generator_steps: 2}
+data:
+  sources: [blobs/0]
+  target: blobs/1
+"""
+
+
+
+@pytest.mark.slow
+def test_mcd_under_ddp_equals_one_process_on_the_same_global_batch(tmp_path):
+    """MCD's three manual updates, 2 CPU processes x batch 16 vs 1 x 32: every manual backward is DDP-averaged, so
+    the weights agree (the unused-parameter variant of DDP: each update touches only part of the model)."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(MCD_CONFIG)
+    ddp_fit(cfg, tmp_path, "--data.batch_size", "16", "--run_dir", str(tmp_path / "ddp"),
+            strategy="ddp_find_unused_parameters_true")
+    run_cli(["fit", "--config", str(cfg), "--data.batch_size", "32", "--run_dir", str(tmp_path / "one")])
+    a = torch.load(tmp_path / "one" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 8
+    for name, wa in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][name], wa, rtol=0, atol=1e-5, msg=name)
