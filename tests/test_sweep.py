@@ -231,6 +231,10 @@ def test_describe_run_names_task_and_method(project, monkeypatch):
     assert S.describe_run(cfg) == ("a+b->c", "fancy+z")
     assert S.describe_run({"data": {"sources": "a", "target": "c", "supervision": "target"}}) == ("a->c", "oracle")
     assert S.describe_run({"model": {"method_name": "mine"}}) == ("?", "mine")
+    # a method with its own update rule is named by its class, as TransferModule names it (not "erm")
+    assert S.describe_run({"model": {"method": {"class_path": "da.methods.MCD"}}}) == ("?", "mcd")
+    assert S.describe_run({"model": {"method": {"class_path": "da.methods.FixMatch", "init_args": {}},
+                                     "losses": []}}) == ("?", "fixmatch")
 
 
 def test_duplicate_configs_are_kept_once(project):

@@ -301,7 +301,8 @@ def expand(
 
 @functools.lru_cache(maxsize=None)
 def loss_short_name(class_path: str) -> str:
-    """A loss class's ``name`` attribute (``da.losses.DomainAdversarialLoss`` -> ``dann``), importing it;
+    """A loss (or training method) class's ``name`` attribute (``da.losses.DomainAdversarialLoss`` -> ``dann``,
+    ``da.methods.MCD`` -> ``mcd``), importing it;
     the lower-cased class name when it cannot be imported."""
     module, _, cls = str(class_path).rpartition(".")
     try:
@@ -329,6 +330,9 @@ def describe_run(config: Mapping) -> tuple[str, str]:
     model = config.get("model") or {}
     model = model.get("init_args", model) if isinstance(model, Mapping) else {}
     method = model.get("method_name")
+    training_method = model.get("method")
+    if not method and isinstance(training_method, Mapping) and training_method.get("class_path"):
+        method = loss_short_name(str(training_method["class_path"]))  # a TrainingMethod's name, as the module's
     if not method:
         losses = model.get("losses") or []
         names = []
