@@ -4,17 +4,29 @@ table rebuilt byte for byte from its shipped records (``results/<sweep>.jsonl``)
 from __future__ import annotations
 
 import json
-import re
-import shlex
 from pathlib import Path
-
-import pytest
 
 from da.experiments.commands import table_main
 from da.runs.packed import pack, read_packed, write_packed
 from da.runs.record import load_records
 from da.experiments.tables import make_table
 from tests.test_tables import stored  # noqa: F401 - the fixture: 4 cells x 3 seeds + one failed run
+
+
+def _refresh_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("refresh_readme", Path(__file__).resolve().parents[1] / "results"
+                                                  / "refresh_readme.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+refresh = _refresh_module()  # the one README-table parser (results/refresh_readme.py)
+
+
+def readme_tables(text: str) -> list[tuple[str, list[str], str]]:
+    return [t[:3] for t in refresh.readme_tables(text)]
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
@@ -53,21 +65,6 @@ def test_pack_keeps_sweep_params_and_the_failed_error_line():
                          "sweep": {"params": {"model.lr": 0.1}}, "error": "RuntimeError: out of memory"}
 
 
-def readme_tables(text: str) -> list[tuple[str, list[str], str]]:
-    """(sweep name, `da table` arguments after the path, the table text as printed) for every README table that
-    directly follows a bash block ending in a `da table <sweep dir> ...` command."""
-    out = []
-    for m in re.finditer(r"```bash\n((?:(?!```).)*?)```\n\n((?:\|[^\n]*\n)+\nTable: [^\n]*\n)", text, flags=re.S):
-        body = m.group(1).replace("\\\n", " ")  # continued lines
-        commands = [line.split(" #")[0].strip() for line in body.splitlines() if line.startswith("da table ")]
-        if commands:
-            argv = shlex.split(commands[-1])[2:]
-            n_paths = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
-            # several sweeps in one table: one records file named after the first
-            out.append((Path(argv[0]).name, argv[n_paths:], m.group(2)))
-    return out
-
-
 def test_readme_table_parser_on_a_known_text(stored, tmp_path, capsys):  # noqa: F811
     table_main([str(stored), "--save-records", str(tmp_path / "x.jsonl")])
     printed = capsys.readouterr().out
@@ -76,6 +73,18 @@ def test_readme_table_parser_on_a_known_text(stored, tmp_path, capsys):  # noqa:
     assert (name, args, table) == ("x", [], printed)
     table_main([str(tmp_path / f"{name}.jsonl"), *args])
     assert capsys.readouterr().out == table
+
+
+def test_refresh_rewrites_a_stale_readme_table_from_its_records(stored, tmp_path, capsys):  # noqa: F811
+    table_main([str(stored), "--save-records", str(tmp_path / "x.jsonl")])
+    printed = capsys.readouterr().out
+    stale = printed.replace("73.0", "99.9")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# t\n\n```bash\nda table runs/sweeps/x\n```\n\n{stale}\nafter\n")
+    assert refresh.main(["--readme", str(readme), "--results", str(tmp_path)]) == 1  # check mode: stale
+    assert refresh.main(["--readme", str(readme), "--results", str(tmp_path), "--write"]) == 0
+    assert readme.read_text() == f"# t\n\n```bash\nda table runs/sweeps/x\n```\n\n{printed}\nafter\n"
+    assert refresh.main(["--readme", str(readme), "--results", str(tmp_path)]) == 0
 
 
 def test_every_readme_table_is_rebuilt_byte_for_byte_from_its_shipped_records(capsys):
