@@ -1,0 +1,80 @@
+"""channels_last vs the default (contiguous) memory layout for the digits backbones, side by side in one process.
+
+The same network, the same weights and inputs: only the layout differs (``TransferModule(channels_last=True)``,
+``model.channels_last: true`` in a recipe). Per round, each layout runs ``--steps`` timed training steps (forward,
+backward, SGD) after ``--warmup`` untimed ones, layouts alternating first; reported: median thread CPU ms per step
+over ``--rounds`` (robust to other processes on a shared machine) and the speed-up contiguous / channels_last.
+
+    OMP_NUM_THREADS=1 python benchmarks/memory_format.py            # lenet 28x28 batch 256, lenet_bn 16x16 batch 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from da.module import TransferModule  # noqa: E402
+
+CASES = {  # name: (backbone, input side, batch = source + target)
+    "lenet_28px_b256": ("lenet", 28, 256),
+    "lenet_bn_16px_b128": ("lenet_bn", 16, 128),
+}
+
+
+def make(backbone: str, side: int, channels_last: bool, seed: int = 0):
+    torch.manual_seed(seed)
+    model = TransferModule(input_shape=(1, side, side), backbone=backbone, bottleneck_dim=256,
+                           channels_last=channels_last)
+    return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+
+def block(model, opt, x, y, steps: int) -> float:
+    t0 = time.thread_time()
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return (time.thread_time() - t0) / steps * 1000
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    out = {}
+    for case in args.cases:
+        backbone, side, batch = CASES[case]
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, 1, side, side, generator=g)
+        y = torch.randint(0, 10, (batch,), generator=g)
+        variants = {"contiguous": make(backbone, side, False), "channels_last": make(backbone, side, True)}
+        times = {k: [] for k in variants}
+        for r in range(args.rounds):
+            order = list(variants) if r % 2 == 0 else list(reversed(variants))
+            for name in order:
+                model, opt = variants[name]
+                block(model, opt, x, y, args.warmup)
+                times[name].append(block(model, opt, x, y, args.steps))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        out[case] = {"contiguous_ms": round(med["contiguous"], 2), "channels_last_ms": round(med["channels_last"], 2),
+                     "speedup": round(med["contiguous"] / med["channels_last"], 2)}
+        print(f"{case}: contiguous {med['contiguous']:.1f} ms, channels_last {med['channels_last']:.1f} ms "
+              f"per step (thread CPU, median of {args.rounds}): {out[case]['speedup']:.2f}x", flush=True)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
