@@ -125,3 +125,17 @@ def test_peers_are_a_benchmark_only_extra():
     assert any(p.startswith("skada") for p in extras["peers"])
     installed_by_ci = " ".join(extras["dev"]).lower()
     assert "skada" not in installed_by_ci and "pytorch-adapt" not in installed_by_ci
+
+
+def test_the_readme_peers_table_is_rebuilt_from_its_shipped_records(capsys, monkeypatch):
+    """The README's peers table is what `peers.py --table results/peers.jsonl` prints from the shipped records."""
+    repo = BENCH.parent
+    monkeypatch.chdir(repo)
+    readme = (repo / "README.md").read_text()
+    command = "python benchmarks/peers.py --quick --table results/peers.jsonl"
+    assert command in readme and (repo / "results" / "peers.jsonl").is_file()
+    after = readme[readme.index(command):]
+    after = after[after.index("```\n\n") + len("```\n\n"):]
+    assert peers.main(["--quick", "--table", "results/peers.jsonl"]) == 0
+    printed = capsys.readouterr().out
+    assert after.startswith(printed), "README peers table differs from results/peers.jsonl"
