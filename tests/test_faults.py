@@ -194,3 +194,43 @@ def test_kill_and_resume_keeps_every_metrics_row_and_the_first_start(tmp_path):
     assert len(rec["segments"]) == 2 and rec["started_at"] == first["started_at"]
     assert rec["wall_time_s"] == pytest.approx(sum(s["wall_time_s"] for s in rec["segments"]), abs=0.01)
     assert rec["segments"][0]["wall_time_s"] > 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_an_in_process_sweep_and_leaves_the_run_resumable(tmp_path, sig):
+    """Lightning turns a KeyboardInterrupt inside fit into sys.exit(1); the in-process launcher must still stop the
+    sweep (exit 130) rather than record a failure and start the next run, and the interrupted run must resume."""
+    from da.runs.lifecycle import decide
+    (tmp_path / "base.yaml").write_text(textwrap.dedent("""
+        trainer:
+          max_steps: 400
+          val_check_interval: 200
+          enable_progress_bar: false
+          enable_model_summary: false
+          accelerator: cpu
+          callbacks: [{class_path: tests.test_faults.SleepEveryStep, init_args: {seconds: 0.05}}]
+        model: {backbone: mlp, backbone_args: {hidden: [16]}}
+        data: {sources: [blobs/0], target: blobs/1, batch_size: 32}
+    """))
+    (tmp_path / "sweep.yaml").write_text("name: s\nbase: [base.yaml]\ngrid: {model.lr: [0.001, 0.002]}\nseeds: [0]\n")
+    proc = subprocess.Popen([sys.executable, "-m", "da.cli", "sweep", str(tmp_path / "sweep.yaml"), "--launcher",
+                             "inprocess", "--out", str(tmp_path / "out")], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    first = None
+    while time.time() < deadline and first is None:  # wait until one run is training (its metrics.csv has rows)
+        for d in (tmp_path / "out" / "s").glob("*"):
+            csv_path = next(d.glob("**/metrics.csv"), None)
+            if (d / "result.json").is_file() and csv_path is not None and len(csv_path.read_text().splitlines()) > 1:
+                first = d
+        time.sleep(0.2)
+    assert first is not None, "no run started"
+    os.kill(proc.pid, sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert "interrupted; run the same command again" in err
+    others = [d for d in (tmp_path / "out" / "s").iterdir() if d.is_dir() and d != first]
+    assert len(others) == 1 and not (others[0] / "result.json").exists()  # the next run was never started
+    # interrupted, not failed: resumed from last.ckpt when a validation wrote one, else run again
+    resumable = "resume" if (first / "checkpoints" / "last.ckpt").is_file() else "run"
+    assert decide(first) == ("interrupted", resumable)

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 
 from da.runs import locks
 from da.runs.config import config_hash
-from da.runs.lifecycle import LAST_CKPT, safe_name
+from da.runs.lifecycle import LAST_CKPT, interrupt_in_chain, safe_name
 from da.runs.metrics_csv import METRICS_FILE, rows_before, write_rows
 from da.runs.record import SCHEMA_VERSION, RecordError, git_commit, now, read_record, versions, write_record
 
@@ -304,6 +304,8 @@ def _build_cli_class():
             except BaseException as err:  # a failed run is recorded as failed, with its error, never as a result
                 if not (isinstance(err, SystemExit) and not err.code):
                     tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+                    if interrupt_in_chain(err):  # Ctrl-C / SIGTERM that Lightning re-raised as sys.exit(1)
+                        tb = tb + "\ninterrupted (KeyboardInterrupt inside fit)"
                     try:
                         self._write("failed", tb[-8000:])
                     except Exception:  # the original error matters more than the record

@@ -24,6 +24,19 @@ _INTERRUPT_MARKERS = ("KeyboardInterrupt", "SIGTERM", "SIGINT", "interrupted")
 Launch = Callable[[List[str]], int]
 
 
+def interrupt_in_chain(err: Optional[BaseException]) -> bool:
+    """Whether ``err`` is, or was raised while handling, a ``KeyboardInterrupt``. Lightning turns a Ctrl-C (and a
+    sweep's SIGTERM, which raises ``KeyboardInterrupt``) inside ``fit`` into ``sys.exit(1)``; such a run was
+    interrupted, not failed: its record says so (resumable) and an in-process sweep stops instead of going on."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def _interrupted(run_dir: Path) -> bool:
     error = (raw_record(run_dir) or {}).get("error") or ""
     head = str(error).strip().splitlines()[-1:] or [""]

@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence
 
 from da.errors import unknown_name
 from da.runs import locks
-from da.runs.lifecycle import da_command, fit_argv
+from da.runs.lifecycle import da_command, fit_argv, interrupt_in_chain
 from da.runs.sweep.jobs import LOG_FILE, Job, Progress, _now, claim, execute_job, record_outcome, record_signature, stop_all
 from da.runs.sweep.plan import SWEEP_CONFIG_FILE
 
@@ -95,6 +95,7 @@ def _execute_in_process(job: Job) -> str:
 
 def _run_claimed_in_process(job: Job, run_cli) -> str:
     import contextlib
+    import signal
     import traceback
 
     args = job.argv[job.argv.index("fit"):] if "fit" in job.argv else list(job.argv)
@@ -104,6 +105,7 @@ def _run_claimed_in_process(job: Job, run_cli) -> str:
     saved_env = {k: os.environ.get(k) for k in job.env}
     os.environ.update(job.env)
     returncode = 0
+    sigint = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after a Ctrl-C; the next run needs it back
     try:
         with open(run_dir / LOG_FILE, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             log.write(f"\n=== {started_at} (in process) da {' '.join(args)}\n")
@@ -111,10 +113,14 @@ def _run_claimed_in_process(job: Job, run_cli) -> str:
                 run_cli(args)
             except KeyboardInterrupt:
                 raise
-            except BaseException:  # noqa: BLE001 - a failed run, recorded below like a non-zero exit
+            except BaseException as err:  # noqa: BLE001 - a failed run, recorded below like a non-zero exit
                 traceback.print_exc(file=log)
+                if interrupt_in_chain(err):  # the run is resumable (its record names the interrupt); stop the sweep
+                    raise KeyboardInterrupt(f"run {run_dir.name} interrupted") from err
                 returncode = 1
     finally:
+        if sigint is not None:
+            signal.signal(signal.SIGINT, sigint)
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
