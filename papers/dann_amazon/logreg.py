@@ -7,6 +7,11 @@ DANN paper's 5,000-d counts (Ganin et al., JMLR 2016, Sec. 5.1), read by ``da.da
 
     python papers/dann_amazon/logreg.py --root ../shared/data            # prints a markdown table and the mean
     python papers/dann_amazon/logreg.py --root ../shared/data --C 0.1 --standardize l2
+    python papers/dann_amazon/logreg.py --save-records results/amazon_logreg.jsonl   # packed records for da table
+
+``--save-records`` writes one packed record per pair (method ``logreg``, seed 0, ``test/target_acc``), the format of
+``da table --save-records``, so ``da table runs/sweeps/<sweep> results/amazon_logreg.jsonl`` shows the regression
+as a column beside the trained methods.
 """
 
 from __future__ import annotations
@@ -42,9 +47,18 @@ def main(argv=None) -> None:
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of sklearn's LogisticRegression")
     p.add_argument("--standardize", default="none", choices=["none", "zscore", "l2"],
                    help="da's feature standardisation (per domain, from its train part)")
+    p.add_argument("--save-records", default=None, metavar="FILE.jsonl",
+                   help="also write packed records (method logreg) that da table reads")
     args = p.parse_args(argv)
     t0 = time.time()
     acc = pair_accuracies(args.root, args.C, args.standardize)
+    if args.save_records:
+        from da.runs.packed import write_packed
+        suffix = "" if (args.C, args.standardize) == (1.0, "none") else f" C={args.C:g} {args.standardize}"
+        write_packed(args.save_records, [
+            {"schema": 1, "status": "finished", "task": f"amazon_dann/{s}->amazon_dann/{t}",
+             "method": f"logreg{suffix}", "seed": 0, "config_hash": None, "recipe": "sklearn logistic regression",
+             "metrics": {"test/target_acc": a}, "run_dir": f"logreg/{s}-{t}"} for (s, t), a in acc.items()])
     print(f"| pair | logistic regression (C={args.C:g}, standardize={args.standardize}) |\n|---|---:|")
     for (s, t), a in acc.items():
         print(f"| {s}->{t} | {100 * a:.1f} |")
