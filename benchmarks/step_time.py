@@ -375,6 +375,9 @@ def run(args) -> Dict[str, Any]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    from da.quiet import quiet_known_noise
+
+    quiet_known_noise()  # the Trainer here is da fit's: the same filters of Lightning's false and advertising lines
     result = run(args)
     print(markdown(result["rows"], result["meta"]))
     if args.out:
