@@ -77,10 +77,10 @@ def subprocess_launch(argv: List[str]) -> int:
 
 
 def inprocess_launch(argv: List[str]) -> int:
-    """Run ``da <argv>`` inside this process (:func:`da.runs.cli_fit.run_cli`); exceptions propagate."""
-    from da.runs.cli_fit import run_cli
+    """Run ``da <argv>`` inside this process (:func:`da.runs.cli_fit.run_and_release`); exceptions propagate."""
+    from da.runs.cli_fit import run_and_release
 
-    run_cli(argv)
+    run_and_release(argv)
     return 0
 
 

@@ -21,8 +21,10 @@ tests drive launchers with a fake command.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -82,7 +84,7 @@ class InProcessLauncher(LocalLauncher):
 
 
 def _execute_in_process(job: Job) -> str:
-    from da.runs.cli_fit import run_cli
+    from da.runs.cli_fit import run_and_release as run_cli
 
     outcome = claim(job)
     if outcome is not None:
@@ -93,8 +95,35 @@ def _execute_in_process(job: Job) -> str:
         locks.release(job.run_dir)
 
 
+@contextlib.contextmanager
+def _logging_to(stream):
+    """Point Lightning's console log handlers (and any handler left on a closed stream) at ``stream`` for the run.
+    Lightning adds its handler when first imported, bound to the ``sys.stderr`` of that moment: in an in-process
+    sweep that was the first run's ``sweep.log``, closed after it, so every later run's Lightning lines were lost as
+    "--- Logging error --- ValueError: I/O operation on closed file"."""
+    import logging
+
+    loggers = [logging.getLogger()] + [lg for name, lg in logging.Logger.manager.loggerDict.items()
+                                       if isinstance(lg, logging.Logger)
+                                       and name.split(".")[0] in ("lightning", "pytorch_lightning", "lightning_fabric")]
+    swapped = []
+    for logger in loggers:
+        for h in logger.handlers:
+            if type(h) is not logging.StreamHandler:  # not files, not test-capture handlers
+                continue
+            old = getattr(h, "stream", None)
+            if logger is logging.getLogger() and not getattr(old, "closed", False):
+                continue  # a root handler on a live stream is the user's own
+            swapped.append((h, old))
+            h.stream = stream  # not setStream: it would flush the old, possibly closed, stream
+    try:
+        yield
+    finally:
+        for h, old in swapped:
+            h.stream = old if not getattr(old, "closed", False) else sys.__stderr__
+
+
 def _run_claimed_in_process(job: Job, run_cli) -> str:
-    import contextlib
     import signal
     import traceback
 
@@ -107,7 +136,8 @@ def _run_claimed_in_process(job: Job, run_cli) -> str:
     returncode = 0
     sigint = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after a Ctrl-C; the next run needs it back
     try:
-        with open(run_dir / LOG_FILE, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        with open(run_dir / LOG_FILE, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
+                _logging_to(log):
             log.write(f"\n=== {started_at} (in process) da {' '.join(args)}\n")
             try:
                 run_cli(args)
