@@ -154,27 +154,10 @@ def test_shuffled_shards_interleave_the_global_batch():
 
 # ----------------------------------------------------------------------------- a method with its own update rule
 
-MCD_CONFIG = """\
-seed_everything: 3
-trainer:
-  max_steps: 8
-  val_check_interval: 8
-  enable_progress_bar: false
-  enable_model_summary: false
-  accelerator: cpu
-model:
-  backbone: mlp
-  backbone_args: {hidden: [16], dropout: 0.0, batch_norm: false}
-  optimizer: sgd
-  lr: 0.05
-  momentum: 0.9
-  method:
-    class_path: da.methods.MCD
-    init_args: {num_generator_steps: 2}
-data:
-  sources: [blobs/0]
-  target: blobs/1
-"""
+# CONFIG with MCD's three-step update instead of the gathered MMD term, for 8 steps
+MCD_CONFIG = (CONFIG.replace("max_steps: 12", "max_steps: 8").replace("val_check_interval: 6", "val_check_interval: 8")
+              .replace("  losses:\n    - class_path: da.losses.MKMMD\n      init_args: {gather: true}\n",
+                       "  method:\n    class_path: da.methods.MCD\n    init_args: {num_generator_steps: 2}\n"))
 
 
 

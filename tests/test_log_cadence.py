@@ -23,7 +23,8 @@ def _train_metrics(run_dir):
     return {k: v for k, v in rec["metrics"].items() if k.startswith("train/")}
 
 
-def test_cadence_logging_writes_the_same_metrics_csv(tmp_path, monkeypatch):
+def _count_train_log_calls(monkeypatch) -> list:
+    """The global steps at which ``TransferModule.log_dict`` is called with ``train/*`` keys (a list it fills)."""
     calls = []
     real = TransferModule.log_dict
 
@@ -33,6 +34,11 @@ def test_cadence_logging_writes_the_same_metrics_csv(tmp_path, monkeypatch):
         return real(self, d, *a, **k)
 
     monkeypatch.setattr(TransferModule, "log_dict", counting)
+    return calls
+
+
+def test_cadence_logging_writes_the_same_metrics_csv(tmp_path, monkeypatch):
+    calls = _count_train_log_calls(monkeypatch)
     run_cli(fit_args(tmp_path / "cadence", DANN))
     cadence_calls = list(calls)
     calls.clear()
@@ -56,15 +62,7 @@ def test_manual_methods_log_on_the_same_cadence(tmp_path, monkeypatch):
     """A method with its own update rule (MCD here) logs its dict on the logger's steps only, as a loss term does."""
     mcd = ["--model.method", "{class_path: da.methods.MCD, init_args: {num_generator_steps: 2}}",
            "--trainer.max_steps", "23", "--trainer.log_every_n_steps", "5", "--trainer.val_check_interval", "10"]
-    calls = []
-    real = TransferModule.log_dict
-
-    def counting(self, d, *a, **k):
-        if any(key.startswith("train/") for key in d):
-            calls.append(self.global_step)
-        return real(self, d, *a, **k)
-
-    monkeypatch.setattr(TransferModule, "log_dict", counting)
+    calls = _count_train_log_calls(monkeypatch)
     run_cli(fit_args(tmp_path / "cadence", mcd))
     cadence_calls = list(calls)
     calls.clear()

@@ -479,18 +479,24 @@ def test_wandb_sweep_export_structure(project):
     assert run.config["model"]["lr"] == 0.01 and run.seed == 1
 
 
+def _tiny_blobs_config(folder: Path) -> Path:
+    """A 10-step `da fit` config on blobs, for sweeps of real in-process runs."""
+    base = folder / "blobs.yaml"
+    base.write_text(
+        "trainer: {max_steps: 10, val_check_interval: 10, enable_progress_bar: false, enable_model_summary: false,"
+        " accelerator: cpu}\n"
+        "model: {backbone: mlp, backbone_args: {hidden: [8]}}\n"
+        "data: {sources: [blobs/0], target: blobs/1, batch_size: 16}\n")
+    return base
+
+
 def test_inprocess_launcher_runs_real_fits_and_records_failures(tmp_path):
     """Two real (tiny) `da fit` runs inside the sweep's process: one finishes, one fails and is recorded as failed."""
     import json as _json
 
     from da.runs.sweep import load_sweep, run_sweep
 
-    base = tmp_path / "blobs.yaml"
-    base.write_text(
-        "trainer: {max_steps: 10, val_check_interval: 10, enable_progress_bar: false, enable_model_summary: false,"
-        " accelerator: cpu}\n"
-        "model: {backbone: mlp, backbone_args: {hidden: [8]}}\n"
-        "data: {sources: [blobs/0], target: blobs/1, batch_size: 16}\n")
+    base = _tiny_blobs_config(tmp_path)
     sweep = tmp_path / "s.yaml"
     sweep.write_text(f"name: tiny\nbase: [{base}]\ngrid:\n  model.lr: [0.01, -1.0]\nseeds: [0]\n")
     import io
@@ -523,12 +529,7 @@ def test_inprocess_runs_are_freed_and_keep_lightnings_log_lines(tmp_path, monkey
         return real_start(self)
 
     monkeypatch.setattr(TransferModule, "on_fit_start", tracking_start)
-    base = tmp_path / "blobs.yaml"
-    base.write_text(
-        "trainer: {max_steps: 10, val_check_interval: 10, enable_progress_bar: false, enable_model_summary: false,"
-        " accelerator: cpu}\n"
-        "model: {backbone: mlp, backbone_args: {hidden: [8]}}\n"
-        "data: {sources: [blobs/0], target: blobs/1, batch_size: 16}\n")
+    base = _tiny_blobs_config(tmp_path)
     sweep = tmp_path / "s.yaml"
     sweep.write_text(f"name: free\nbase: [{base}]\ngrid:\n  model.lr: [0.01, 0.02, 0.03]\nseeds: [0]\n")
     gc.disable()  # only the launcher's own collection may free the runs
