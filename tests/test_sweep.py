@@ -40,7 +40,9 @@ FAKE_FIT = textwrap.dedent(
     with open(os.environ["FAKE_LOG"], "a") as f:
         f.write(json.dumps({"run": os.path.basename(run_dir), "resume": resume,
                             "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                            "group": os.environ.get("WANDB_RUN_GROUP")}) + "\\n")
+                            "group": os.environ.get("WANDB_RUN_GROUP"),
+                            "init_from": cfg["model"].get("init_from"),
+                            "init_exists": os.path.isfile(str(cfg["model"].get("init_from")))}) + "\\n")
     data, model = cfg["data"], cfg["model"]
     task = "+".join(data["sources"]) + "->" + data["target"]
     base = {"schema": 1, "task": task, "method": model.get("method_name", "erm"),
@@ -296,6 +298,72 @@ def test_fit_command_resumes_from_last(tmp_path):
 
 
 # --------------------------------------------------------------------------------------- running sweeps
+
+
+SHOT_GRID = [
+    {"method": ["configs/method/shot.yaml"], "data": ["configs/base.yaml", "configs/data/u_m.yaml"],
+     "model.init_from": [{"from_run": {"method": "configs/method/erm.yaml"}}]},  # listed first: still runs after erm
+    {"method": ["configs/method/erm.yaml", "configs/method/dann.yaml"],
+     "data": ["configs/base.yaml", "configs/data/u_m.yaml"]},
+]
+
+
+def test_a_run_can_start_from_another_run_of_the_sweep(project):
+    write(project / "configs/method/shot.yaml", {"model": {"method_name": "shot"}})
+    runs = S.expand(sweep_spec(grid=SHOT_GRID, seeds=[0, 1]))
+    erm = {(r.seed, r.config["data"]["target"]): r for r in runs if r.params["method"].endswith("erm.yaml")}
+    shot = [r for r in runs if r.params["method"].endswith("shot.yaml")]
+    assert len(runs) == 12 and len(shot) == 4
+    for r in shot:  # each task and seed adapts its own source model; the hash covers the other run's hash
+        source = erm[(r.seed, r.config["data"]["target"])]
+        assert r.needs == (source.hash,)
+        assert r.config["model"]["init_from"] == f"@run:{source.hash}/checkpoints/last.ckpt"
+        assert r.hash == C.config_hash(r.config)
+    assert S.resolve_references(shot[0].config, "out/abl")["model"]["init_from"] == str(
+        (project / "out/abl" / shot[0].needs[0] / "checkpoints/last.ckpt").resolve())
+    # --only may leave out the referenced runs: the reference still resolves over the whole sweep
+    only = S.expand(sweep_spec(grid=SHOT_GRID, seeds=[0, 1]), only={"method": "configs/method/shot.yaml", "seed": 1})
+    assert [r.hash for r in only] == [r.hash for r in shot if r.seed == 1]
+    # a reference must name exactly one run
+    nothing = [{**SHOT_GRID[0], "model.init_from": [{"from_run": {"method": "configs/method/mdd.yaml"}}]}, SHOT_GRID[1]]
+    with pytest.raises(ValueError, match="matches no run of the sweep"):
+        S.expand(sweep_spec(grid=nothing))
+    two = [SHOT_GRID[0], {**SHOT_GRID[1], "model.lr": [0.1, 0.2]}]
+    with pytest.raises(ValueError, match="matches 2 runs .*add parameters to from_run"):
+        S.expand(sweep_spec(grid=two))
+    S.expand(sweep_spec(grid=[{**SHOT_GRID[0], "model.init_from": [
+        {"from_run": {"method": "configs/method/erm.yaml", "model.lr": 0.2}}]}, two[1]]))  # now it names one
+    with pytest.raises(ValueError, match="unknown key of the run reference|'fiel'"):
+        S.expand(sweep_spec(grid=[{**SHOT_GRID[0], "model.init_from": [{"from_run": {"method": "x"}, "fiel": "a"}]}]))
+    with pytest.raises(ValueError, match="inside the referenced run's folder"):
+        S.parse_sweep({"name": "a", "grid": {"model.init_from": [{"from_run": {"m": 1}, "file": "../x.ckpt"}]}})
+
+
+def test_referencing_runs_wait_for_and_then_start_from_their_run(project, capsys):
+    write(project / "configs/method/shot.yaml", {"model": {"method_name": "shot"}})
+    build = fake_builder(project)
+    spec = sweep_spec(grid=SHOT_GRID, seeds=[0])
+    # only the adaptation runs: their source runs have not run, so they wait (and say so) instead of failing
+    first = P.run_sweep(spec, out="out", command_builder=build, only={"method": "configs/method/shot.yaml"})
+    assert (first.launched, first.finished, len(first.waiting)) == (0, 0, 2) and not calls(project)
+    assert "2 waiting for the runs they start from" in first.format()
+    assert "waiting for " in capsys.readouterr().err
+    # the whole sweep: the source runs go first (though listed after), each adaptation run gets its own checkpoint
+    summary = P.run_sweep(spec, out="out", command_builder=build)
+    assert (summary.finished, summary.waiting) == (6, [])
+    done = calls(project)
+    methods = [yaml.safe_load(open(f"out/abl/{c['run']}/sweep_config.yaml"))["model"].get("method_name", "erm")
+               for c in done]
+    adapted = [c for c, m in zip(done, methods) if m == "shot"]
+    info = [json.load(open(f"out/abl/{c['run']}/sweep.json")) for c in adapted]
+    order = [c["run"] for c in done]
+    assert all(order.index(i["needs"][0]) < order.index(c["run"]) for c, i in zip(adapted, info))
+    assert {methods[order.index(i["needs"][0])] for i in info} == {"erm"}
+    assert all(c["init_exists"] for c in adapted)
+    assert sorted(c["init_from"] for c in adapted) == sorted(
+        str((project / "out/abl" / i["needs"][0] / "checkpoints/last.ckpt").resolve()) for i in info)
+    listing = P.format_plan(P.plan(S.expand(spec), "out/abl"))
+    assert "model.init_from=<run method=configs/method/erm.yaml>/checkpoints/last.ckpt  [after " in listing
 
 
 def test_sweep_runs_skips_and_records_failures(project, capsys):

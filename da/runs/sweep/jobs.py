@@ -28,12 +28,12 @@ from typing import Callable, Optional, TextIO
 
 from da.runs import locks
 from da.runs.lifecycle import decide
-from da.runs.record import RESULT_FILE, SCHEMA_VERSION, raw_record, write_record
+from da.runs.record import RESULT_FILE, SCHEMA_VERSION, raw_record, run_status, write_record
 
 LOG_FILE = "sweep.log"
 ERROR_TAIL_CHARS = 4000
 #: what :func:`execute_job` may return besides a run's own ``finished`` / ``failed``
-BUSY, SKIPPED, SKIPPED_FAILED = "busy", "skipped", "skip-failed"
+BUSY, SKIPPED, SKIPPED_FAILED, WAITING = "busy", "skipped", "skip-failed", "waiting"
 
 
 @dataclass
@@ -51,6 +51,8 @@ class Job:
     info: dict = field(default_factory=dict)
     build: Optional[Callable[[Path, bool], list[str]]] = None
     retry_failed: bool = False
+    #: run directories this run starts from (sweep ``from_run`` references); it waits until they have finished
+    needs: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -63,6 +65,7 @@ class Progress:
 
     def __init__(self, total: int, done: int = 0, failed: int = 0, stream: Optional[TextIO] = None, name: str = "sweep"):
         self.total, self.done, self.failed, self.running, self.elsewhere = total, done, failed, 0, 0
+        self.waiting = 0
         self.stream = stream if stream is not None else sys.stderr
         self.name = name
         self._lock = threading.Lock()
@@ -72,13 +75,14 @@ class Progress:
 
     @property
     def left(self) -> int:
-        return self.total - self.done - self.failed - self.running - self.elsewhere
+        return self.total - self.done - self.failed - self.running - self.elsewhere - self.waiting
 
     def line(self) -> str:
         extra = self.ticker.summary(self.left)
         return (f"[{self.name}] {self.done}/{self.total} done, {self.running} running, "
                 f"{self.failed} failed, {self.left} left" + (f", {self.elsewhere} running elsewhere"
                                                              if self.elsewhere else "")
+                + (f", {self.waiting} waiting" if self.waiting else "")
                 + (f"  {extra}" if extra else ""))
 
     def show(self, note: str = "") -> None:
@@ -100,9 +104,17 @@ class Progress:
                 self.failed += 1
             elif status == BUSY:
                 self.elsewhere += 1
-            note = {BUSY: "running elsewhere", SKIPPED: "finished elsewhere",
-                    SKIPPED_FAILED: "failed elsewhere"}.get(status, status)
+            elif status == WAITING:
+                self.waiting += 1
+            note = {BUSY: "running elsewhere", SKIPPED: "finished elsewhere", SKIPPED_FAILED: "failed elsewhere",
+                    WAITING: "waiting for " + ", ".join(job.info.get("waiting_for", [])) + ":"}.get(status, status)
             self.show(f"{note} {job.label}")
+
+    def waits(self, job: Job) -> None:
+        """A job not started because a run it starts from has not finished (``job.info["waiting_for"]``)."""
+        with self._lock:
+            self.waiting += 1
+            self.show("waiting for " + ", ".join(job.info.get("waiting_for", [])) + f": {job.label}")
 
     def close(self) -> None:
         self.ticker.close()
@@ -262,7 +274,8 @@ def claim(job: Job) -> Optional[str]:
 
     ``None``: this process now holds the run and the job's command is (re)built from the decision; otherwise the
     lock is not kept and the job's outcome is returned: ``busy`` (another live process holds the directory),
-    ``skipped`` (it finished meanwhile) or ``skip-failed`` (it failed meanwhile; rerun with ``--retry-failed``).
+    ``skipped`` (it finished meanwhile), ``skip-failed`` (it failed meanwhile; rerun with ``--retry-failed``) or
+    ``waiting`` (a run it starts from, ``job.needs``, has not finished; named in ``job.info["waiting_for"]``).
     """
     Path(job.run_dir).mkdir(parents=True, exist_ok=True)
     if locks.try_lock(job.run_dir) is None:
@@ -271,6 +284,11 @@ def claim(job: Job) -> Optional[str]:
     if action in ("skip", "skip-failed"):
         locks.release(job.run_dir)
         return SKIPPED if action == "skip" else SKIPPED_FAILED
+    waiting = [Path(d).name for d in job.needs if run_status(d) != "finished"]
+    if waiting:
+        locks.release(job.run_dir)
+        job.info["waiting_for"] = waiting
+        return WAITING
     if job.build is not None:
         job.argv = [str(a) for a in job.build(Path(job.run_dir), action == "resume")]
     job.info["action"] = action

@@ -26,14 +26,16 @@ import os
 import queue
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from da.errors import unknown_name
 from da.runs import locks
 from da.runs.lifecycle import da_command, fit_argv, interrupt_in_chain
-from da.runs.sweep.jobs import LOG_FILE, Job, Progress, _now, claim, execute_job, record_outcome, record_signature, stop_all
+from da.runs.record import run_status
+from da.runs.sweep.jobs import (LOG_FILE, WAITING, Job, Progress, _now, claim, execute_job, record_outcome,
+                                record_signature, stop_all)
 from da.runs.sweep.plan import SWEEP_CONFIG_FILE
 
 
@@ -54,17 +56,24 @@ class LocalLauncher:
         return execute_job(job)
 
     def run(self, jobs: Sequence[Job], progress: Progress) -> list[str]:
-        statuses = []
-        for job in jobs:
-            progress.start(job)
-            try:
-                status = self.execute(job)
-            except BaseException:
-                progress.end(job, "interrupted")
-                raise
-            progress.end(job, status)
-            statuses.append(status)
+        """Each job in order; the jobs left waiting for a run they start from get one more try at the end (another
+        process may have finished it meanwhile)."""
+        statuses = [self._one(job, progress) for job in jobs]
+        for i, job in enumerate(jobs):
+            if statuses[i] == WAITING and all(run_status(d) == "finished" for d in job.needs):
+                progress.waiting -= 1
+                statuses[i] = self._one(job, progress)
         return statuses
+
+    def _one(self, job: Job, progress: Progress) -> str:
+        progress.start(job)
+        try:
+            status = self.execute(job)
+        except BaseException:
+            progress.end(job, "interrupted")
+            raise
+        progress.end(job, status)
+        return status
 
 
 class InProcessLauncher(LocalLauncher):
@@ -198,7 +207,12 @@ class LocalGPUsLauncher:
         for g in self.gpus:
             free.put(g)
 
+        futures: dict[str, Future] = {}
+
         def work(job: Job) -> str:
+            for d in job.needs:  # a run this one starts from, launched before it in this pool: wait for it
+                if d in futures:
+                    futures[d].result()
             gpu = free.get()
             try:
                 progress.start(job)
@@ -209,11 +223,12 @@ class LocalGPUsLauncher:
                 free.put(gpu)
 
         pool = ThreadPoolExecutor(max_workers=len(self.gpus))
-        futures = [pool.submit(work, job) for job in jobs]
+        for job in jobs:  # in dependency order (run_sweep's), so a job's needs are submitted before it
+            futures[job.run_dir] = pool.submit(work, job)
         try:
-            return [f.result() for f in futures]
+            return [f.result() for f in futures.values()]
         except BaseException:
-            for f in futures:
+            for f in futures.values():
                 f.cancel()
             stop_all()
             raise
@@ -238,6 +253,17 @@ class SlurmLauncher:
         self.folder, self.wait, self.params = Path(folder), wait, params
 
     def run(self, jobs: Sequence[Job], progress: Progress) -> list[str]:
+        # a run that starts from another run is submitted once that one has finished (run the sweep again then)
+        ready = [all(run_status(d) == "finished" for d in job.needs) for job in jobs]
+        waiting = [job for job, ok in zip(jobs, ready) if not ok]
+        for job in waiting:
+            job.info["waiting_for"] = [Path(d).name for d in job.needs if run_status(d) != "finished"]
+            progress.waits(job)
+        statuses = self._submit([job for job, ok in zip(jobs, ready) if ok], progress)
+        it = iter(statuses)
+        return [next(it) if ok else WAITING for ok in ready]
+
+    def _submit(self, jobs: Sequence[Job], progress: Progress) -> list[str]:
         import submitit
 
         executor = submitit.AutoExecutor(folder=str(self.folder))

@@ -20,7 +20,8 @@ import yaml
 from da.runs.io import write_json_atomic, write_text_atomic
 from da.runs.lifecycle import ACTIONS, decide
 from da.runs.record import SWEEP_INFO_FILE
-from da.runs.sweep.spec import RunSpec, SweepSpec, describe_run, expand
+from da.runs.sweep.spec import RunSpec, SweepSpec, describe_run, expand, is_run_reference, reference_text, \
+    resolve_references
 
 SWEEP_CONFIG_FILE = "sweep_config.yaml"
 
@@ -56,7 +57,10 @@ def format_plan(planned: Sequence[PlannedRun]) -> str:
     rows = [("hash", "action", "status", "seed", "task", "method", "params")]
     for p in planned:
         task, method = describe_run(p.run.config)
-        params = ", ".join(f"{k}={v}" for k, v in p.run.params.items() if k != "seed")
+        params = ", ".join(f"{k}={reference_text(v) if is_run_reference(v) else v}"
+                           for k, v in p.run.params.items() if k != "seed")
+        if p.run.needs:
+            params += f"  [after {', '.join(p.run.needs)}]"
         rows.append((p.run.hash, p.action, p.status, str(p.run.seed), task, method, params))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
@@ -65,6 +69,26 @@ def format_plan(planned: Sequence[PlannedRun]) -> str:
         f"{len(planned)} runs: " + ", ".join(f"{n} {a}" for a, n in counts.items() if n)
     )
     return "\n".join(lines)
+
+
+def dependencies_first(planned: Sequence[PlannedRun]) -> list[PlannedRun]:
+    """``planned`` in its order, except that a run comes after the runs it starts from (stable)."""
+    by_hash = {p.run.hash: p for p in planned}
+    out: list[PlannedRun] = []
+    placed: set[str] = set()
+
+    def place(p: PlannedRun) -> None:
+        if p.run.hash in placed:
+            return
+        placed.add(p.run.hash)
+        for h in p.run.needs:
+            if h in by_hash:
+                place(by_hash[h])
+        out.append(p)
+
+    for p in planned:
+        place(p)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -86,6 +110,7 @@ class SweepSummary:
     skipped_failed: int = 0
     submitted: int = 0
     elsewhere: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -99,6 +124,8 @@ class SweepSummary:
             + (f"; {self.skipped_failed} failed before and skipped (--retry-failed reruns them)" if self.skipped_failed else "")
             + (f"; {len(self.elsewhere)} running elsewhere (another process holds them; run the sweep again "
                "once it ends)" if self.elsewhere else "")
+            + (f"; {len(self.waiting)} waiting for the runs they start from (not finished: running elsewhere, "
+               "failed or left out by --only; run the sweep again once those have finished)" if self.waiting else "")
         ]
         for h, err in self.failed:
             lines.append(f"  FAILED {h}: {err}")
@@ -110,10 +137,12 @@ def write_run_dir(planned: PlannedRun, sweep_name: str) -> None:
     the run directory, before the run is launched."""
     run_dir = planned.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / SWEEP_CONFIG_FILE, yaml.safe_dump(planned.run.config, sort_keys=False))
+    config = resolve_references(planned.run.config, run_dir.parent)
+    write_text_atomic(run_dir / SWEEP_CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
     info = {
         "sweep": {"name": sweep_name, "params": planned.run.params},
         "hash": planned.run.hash,
+        "needs": list(planned.run.needs),
         "files": list(planned.run.files),
         "overrides": planned.run.overrides,
         "seed": planned.run.seed,
@@ -159,7 +188,7 @@ def run_sweep(
         launcher = L.make_launcher(launcher)
     builder = command_builder or L.fit_command
     jobs = []
-    for p in planned:
+    for p in dependencies_first(planned):
         if p.action in ("skip", "skip-failed"):
             continue
         write_run_dir(p, spec.name)
@@ -174,7 +203,8 @@ def run_sweep(
                 cwd=str(Path(cwd or os.getcwd()).resolve()),
                 sweep={"name": spec.name, "params": p.run.params},
                 info={"hash": p.run.hash, "seed": p.run.seed, "task": task, "method": method,
-                      "config": p.run.config, "action": p.action},
+                      "config": resolve_references(p.run.config, sweep_dir), "action": p.action},
+                needs=[str((sweep_dir / h).resolve()) for h in p.run.needs],
             )
         )
     progress = J.Progress(
@@ -193,6 +223,9 @@ def run_sweep(
             summary.failed.append((job.info["hash"], J.first_error_line(Path(job.run_dir))))
         elif status == J.BUSY:
             summary.elsewhere.append(job.info["hash"])
+        elif status == J.WAITING:
+            summary.launched -= 1
+            summary.waiting.append(job.info["hash"])
         elif status == J.SKIPPED:
             summary.launched -= 1
             summary.already_finished += 1

@@ -23,6 +23,22 @@ method over its weights.
 Runs are ordered seeds first (every setting with seed 0, then seed 1, ...), so a sweep stopped halfway
 already holds a complete first seed.
 
+**A run that starts from another run of the sweep** (two-stage methods: SHOT and ADDA adapt a source-only model)
+names it with a reference instead of a path::
+
+    grid:
+      - {data: [a.yaml, b.yaml], method: [configs/method/erm.yaml]}
+      - data: [a.yaml, b.yaml]
+        method: [configs/method/shot.yaml]
+        model.init_from: [{from_run: {method: configs/method/erm.yaml}}]   # file: checkpoints/last.ckpt (default)
+
+The referenced run is the one run of the sweep with the same seed whose parameters are those in ``from_run`` and
+agree with the referencing run's on every other key both have (here: the same ``data``), so each task and seed
+adapts its own source model. The reference is hashed as the other run's hash (``@run:<hash>/<file>``), not as a
+path, so the hash does not depend on where the sweep folder is; the run's ``sweep_config.yaml`` holds the resolved
+absolute path. A run whose reference has not finished yet is not started (``waiting``; the sweep runs the
+referenced runs first, and a later ``da sweep`` starts what still waits).
+
 The config functions (YAML, merging, dotted keys, the hash) are :mod:`da.runs.config`; planning and launching are
 :mod:`da.runs.sweep.plan`.
 """
@@ -47,6 +63,9 @@ SWEEP_KEYS = ("name", "description", "base", "grid", "seeds", "random", "overrid
 RANDOM_KEYS = ("n", "seed", "space")
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "choice")
 CONFIG_SUFFIXES = (".yaml", ".yml")
+RUN_REFERENCE_KEYS = ("from_run", "file")
+RUN_REFERENCE_PREFIX = "@run:"
+DEFAULT_REFERENCE_FILE = "checkpoints/last.ckpt"
 
 
 @dataclass
@@ -73,11 +92,50 @@ class RunSpec:
     params: dict[str, Any]
     config: dict
     hash: str
+    #: hashes of the runs of the same sweep this one starts from (``from_run`` references), in key order
+    needs: tuple[str, ...] = ()
 
 
 def is_config_file(value: Any) -> bool:
     """A grid value that is a config file path (a string ending in ``.yaml`` or ``.yml``)."""
     return isinstance(value, str) and value.lower().endswith(CONFIG_SUFFIXES)
+
+
+def is_run_reference(value: Any) -> bool:
+    """A grid or override value ``{from_run: {key: value, ...}, file: ...}`` naming another run of the sweep."""
+    return isinstance(value, Mapping) and "from_run" in value
+
+
+def _check_reference(key: str, value: Mapping, where: str) -> None:
+    for k in value:
+        if k not in RUN_REFERENCE_KEYS:
+            raise unknown_name(f"key of the run reference in '{key}'{where}", k, RUN_REFERENCE_KEYS)
+    wanted = value["from_run"]
+    if not isinstance(wanted, Mapping) or not wanted or "seed" in wanted:
+        raise ValueError(f"'{key}'{where}: from_run must map sweep parameters to values, e.g. "
+                         f"{{from_run: {{method: configs/method/erm.yaml}}}} (the seed is always the run's own), "
+                         f"got {wanted!r}")
+    file = value.get("file", DEFAULT_REFERENCE_FILE)
+    if not isinstance(file, str) or not file or Path(file).is_absolute() or ".." in Path(file).parts:
+        raise ValueError(f"'{key}'{where}: file must be a path inside the referenced run's folder, e.g. "
+                         f"{DEFAULT_REFERENCE_FILE}, got {file!r}")
+
+
+def reference_text(value: Mapping) -> str:
+    """How a run reference reads in listings: ``<run method=configs/method/erm.yaml>/checkpoints/last.ckpt``."""
+    wanted = " ".join(f"{k}={v}" for k, v in value["from_run"].items())
+    return f"<run {wanted}>/{value.get('file', DEFAULT_REFERENCE_FILE)}"
+
+
+def resolve_references(config: Any, sweep_dir: str | Path) -> Any:
+    """``config`` with every ``@run:<hash>/<file>`` string replaced by the absolute path ``<sweep_dir>/<hash>/<file>``."""
+    if isinstance(config, str) and config.startswith(RUN_REFERENCE_PREFIX):
+        return str((Path(sweep_dir) / config[len(RUN_REFERENCE_PREFIX):]).resolve())
+    if isinstance(config, Mapping):
+        return {k: resolve_references(v, sweep_dir) for k, v in config.items()}
+    if isinstance(config, list):
+        return [resolve_references(v, sweep_dir) for v in config]
+    return config
 
 
 def parse_sweep(data: Any, source: Optional[Path] = None) -> SweepSpec:
@@ -108,6 +166,9 @@ def parse_sweep(data: Any, source: Optional[Path] = None) -> SweepSpec:
         for key, values in g.items():
             if not isinstance(values, list) or not values:
                 raise ValueError(f"sweep grid key '{key}'{where} needs a non-empty list of values, got {values!r}")
+            for v in values:
+                if is_run_reference(v):
+                    _check_reference(key, v, where)
             if not any(is_config_file(v) for v in values):
                 parse_dotted(key)
             elif not all(is_config_file(v) or v is None for v in values):
@@ -123,8 +184,10 @@ def parse_sweep(data: Any, source: Optional[Path] = None) -> SweepSpec:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"sweep 'seeds'{where} repeats a seed: {seeds!r}")
     overrides = dict(data.get("overrides") or {})
-    for key in overrides:
+    for key, value in overrides.items():
         parse_dotted(key)
+        if is_run_reference(value):
+            _check_reference(key, value, where)
     random = data.get("random")
     if random is not None:
         _check_random(random, where)
@@ -247,7 +310,9 @@ def expand(
     ``extra_overrides`` (from ``--set``) apply to every run after the sweep's own overrides. ``only``
     keeps the runs whose ``params`` match (``{"seed": 0}``, ``{"data": "configs/data/x.yaml"}``); a key of
     the random-search space in ``only`` replaces the random points by that value (how a W&B agent
-    passes its sampled point). Two runs that resolve to the same config are kept once.
+    passes its sampled point). Two runs that resolve to the same config are kept once. Run references
+    (``from_run``, see the module docstring) are resolved over the whole sweep, so ``only`` may leave out the runs
+    that others start from.
     """
     only = dict(only or {})
     space = dict((spec.random or {}).get("space") or {})
@@ -263,19 +328,12 @@ def expand(
     else:
         random_points = sample_random(spec.random)
     base_files = [resolve_config_path(b, spec.source) for b in spec.base]
-    runs: list[RunSpec] = []
-    seen: set[str] = set()
+    drafts: list[tuple[list[Path], dict[str, Any], int, dict[str, Any]]] = []  # (files, overrides, seed, params)
     for seed in spec.seeds:
-        if "seed" in only and not _matches(seed, only["seed"]):
-            continue
         for grid in spec.grid:
             keys = list(grid)
-            if any(k not in grid and k not in space and k != "seed" for k in only):
-                continue
             for combo in itertools.product(*(grid[k] for k in keys)):
                 params = dict(zip(keys, combo))
-                if any(k in params and not _matches(params[k], v) for k, v in only.items()):
-                    continue
                 files = list(base_files)
                 grid_overrides = {}
                 for k, v in params.items():
@@ -285,18 +343,63 @@ def expand(
                         grid_overrides[k] = v
                 for point in random_points:
                     overrides = {**spec.overrides, **dict(extra_overrides or {}), **grid_overrides, **point}
-                    config = resolve_run(files, overrides, seed)
-                    h = config_hash(config)
-                    if h in seen:
-                        continue
-                    seen.add(h)
-                    runs.append(
-                        RunSpec(
-                            files=tuple(str(f) for f in files), overrides=overrides, seed=seed,
-                            params={**params, **point, "seed": seed}, config=config, hash=h,
-                        )
-                    )
+                    drafts.append((files, overrides, seed, {**params, **point, "seed": seed}))
+    resolved: dict[int, RunSpec] = {}
+
+    def resolve(i: int, chain: tuple[int, ...] = ()) -> RunSpec:
+        if i in resolved:
+            return resolved[i]
+        files, overrides, seed, params = drafts[i]
+        if i in chain:
+            raise ValueError(f"sweep '{spec.name}': the run references form a cycle (run {params})")
+        needs, concrete = [], dict(overrides)
+        for key, value in overrides.items():
+            if is_run_reference(value):
+                target = resolve(_referenced(drafts, i, key, value, spec.name), chain + (i,))
+                needs.append(target.hash)
+                concrete[key] = f"{RUN_REFERENCE_PREFIX}{target.hash}/{value.get('file', DEFAULT_REFERENCE_FILE)}"
+        config = resolve_run(files, concrete, seed)
+        resolved[i] = RunSpec(files=tuple(str(f) for f in files), overrides=concrete, seed=seed, params=params,
+                              config=config, hash=config_hash(config), needs=tuple(needs))
+        return resolved[i]
+
+    runs: list[RunSpec] = []
+    seen: set[str] = set()
+    for i in range(len(drafts)):
+        params = drafts[i][3]
+        if not all(k in params and _matches(params[k], v) for k, v in only.items()):
+            continue
+        run = resolve(i)
+        if run.hash not in seen:
+            seen.add(run.hash)
+            runs.append(run)
     return runs
+
+
+def _referenced(drafts: Sequence[tuple], i: int, key: str, ref: Mapping, sweep_name: str) -> int:
+    """The index of the one draft run that ``ref`` (held by draft ``i`` under ``key``) names: the same seed, the
+    ``from_run`` parameters, and the same value on every other parameter both runs have."""
+    params = drafts[i][3]
+    wanted = ref["from_run"]
+    found = []
+    for j, (_, _, seed, other) in enumerate(drafts):
+        if j == i or seed != drafts[i][2]:
+            continue
+        if not all(k in other and _matches(other[k], v) for k, v in wanted.items()):
+            continue
+        shared = (set(other) & set(params)) - set(wanted) - {key, "seed"}
+        if all(_matches(other[k], params[k]) for k in shared):
+            found.append(j)
+    described = {k: v for k, v in params.items() if k != key}
+    if not found:
+        raise ValueError(f"sweep '{sweep_name}': {key}: {reference_text(ref)} matches no run of the sweep for the run "
+                         f"{described}; the referenced run must be in the grid (same seed, same other parameters)")
+    if len(found) > 1:
+        options = "; ".join(str({k: v for k, v in drafts[j][3].items() if k not in params or k in wanted})
+                            for j in found[:4])
+        raise ValueError(f"sweep '{sweep_name}': {key}: {reference_text(ref)} matches {len(found)} runs for the run "
+                         f"{described} ({options}); add parameters to from_run so it names one")
+    return found[0]
 
 
 @functools.lru_cache(maxsize=None)
