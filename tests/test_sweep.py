@@ -335,6 +335,9 @@ def test_a_run_can_start_from_another_run_of_the_sweep(project):
         {"from_run": {"method": "configs/method/erm.yaml", "model.lr": 0.2}}]}, two[1]]))  # now it names one
     with pytest.raises(ValueError, match="unknown key of the run reference|'fiel'"):
         S.expand(sweep_spec(grid=[{**SHOT_GRID[0], "model.init_from": [{"from_run": {"method": "x"}, "fiel": "a"}]}]))
+    with pytest.raises(ValueError, match="a W&B agent runs points in any order"):
+        W.wandb_sweep_config(S.parse_sweep({"name": "a", "grid": {"method": ["configs/method/erm.yaml"]},
+                                            "overrides": {"model.init_from": {"from_run": {"method": "x"}}}}))
     with pytest.raises(ValueError, match="inside the referenced run's folder"):
         S.parse_sweep({"name": "a", "grid": {"model.init_from": [{"from_run": {"m": 1}, "file": "../x.ckpt"}]}})
 
@@ -362,6 +365,8 @@ def test_referencing_runs_wait_for_and_then_start_from_their_run(project, capsys
     assert all(c["init_exists"] for c in adapted)
     assert sorted(c["init_from"] for c in adapted) == sorted(
         str((project / "out/abl" / i["needs"][0] / "checkpoints/last.ckpt").resolve()) for i in info)
+    table = make_table(load_records("out/abl"), digits=2)  # the adaptation runs are a method column of their own
+    assert table.startswith("| Task | erm | dann | shot |") and "| m->u | 55.00 | **65.00** | 55.00 |" in table
     listing = P.format_plan(P.plan(S.expand(spec), "out/abl"))
     assert "model.init_from=<run method=configs/method/erm.yaml>/checkpoints/last.ckpt  [after " in listing
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from da.runs.sweep.spec import SweepSpec
+from da.runs.sweep.spec import SweepSpec, is_run_reference
 
 
 def wandb_env(sweep_name: str, run_hash: str, task: str, method: str, seed: Any) -> dict[str, str]:
@@ -46,6 +46,10 @@ def wandb_sweep_config(spec: SweepSpec, sweep_file: Optional[str | Path] = None,
             f"sweep '{spec.name}' has {len(spec.grid)} sub-grids; a W&B sweep has one parameter grid, so split "
             f"it into one sweep file per sub-grid to export it"
         )
+    if any(is_run_reference(v) for v in spec.overrides.values()) or any(
+            is_run_reference(v) for values in spec.grid[0].values() for v in values):
+        raise ValueError(f"sweep '{spec.name}' has runs that start from other runs (from_run); a W&B agent runs points "
+                         f"in any order, so run it with da sweep instead")
     params: dict[str, dict] = {}
     for key, values in spec.grid[0].items():
         params[key] = {"values": list(values)}
