@@ -154,6 +154,50 @@ def test_benchmark_fit_end_to_end_on_blobs():
     assert all(np.isfinite(v) for v in s["scores"].values())
 
 
+def test_methods_axis_adds_each_methods_loss_terms_to_the_transfer(monkeypatch):
+    """``methods`` in a setting makes one transfer setting per method, whose run trains the method's loss terms on top
+    (source-only runs stay one per base setting); the analysis puts them side by side."""
+    from da.losses import DomainAdversarialLoss, MinimumClassConfusion
+
+    mod = _runner()
+    mod._quiet()
+    cfg = yaml.safe_load((EXP / "blobs_methods.yaml").read_text())
+    settings = expand_settings(cfg)
+    names = [s.name for s in settings]
+    assert names[:3] == ["label_noise/0%", "label_noise/0%+dann", "label_noise/0%+mmd"] and len(settings) == 4 * 8
+    assert {s.method for s in settings} == {"erm", "dann", "mmd", "coral", "mcc", "ent", "im", "bnm"}
+    cfg.update(seeds=1, steps=20)
+    jobs = mod.plan(cfg, settings)
+    assert sum(k == "transfer" for k, _, _ in jobs) == 32 and sum(k == "source_only" for k, _, _ in jobs) == 4
+    assert mod.method_losses("erm") == []
+    (dann,) = mod.method_losses("dann")
+    assert isinstance(dann, DomainAdversarialLoss)
+    with pytest.raises(SystemExit, match="training method"):
+        mod.method_losses("fixmatch")
+    with pytest.raises(ValueError, match="name of a config"):
+        expand_settings({"groups": {"g": [{"sources": "a/0", "methods": ["../x"]}]}})
+    by = {s.name: s for s in settings}
+    seen = []
+    import da.module
+
+    class Spy(da.module.TransferModule):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            seen.append([type(t) for t in self.losses])
+
+    monkeypatch.setattr(da.module, "TransferModule", Spy)
+    r = mod.fit_one(cfg, "transfer", by["far_domain/blobs4+mcc"], seed=0)
+    assert seen == [[MinimumClassConfusion]] and r["steps"] == 20 and len(r["correct"]) == 150
+    fake = {n: {"acc": 0.9, "ntg": {"gap": -0.01, "verdict": "inconclusive"}} for n in ("a", "a+dann")}
+    fake["a+mcc"] = {"acc": 0.5, "ntg": {"gap": 0.4, "verdict": "negative transfer"}}
+    from da.diagnostics.benchmark import Setting
+
+    lines = mod.methods_table({n: Setting(n, "g", ("x",), (0.0,), (False,), "warn", n.partition("+")[2] or "erm")
+                               for n in fake}, {"settings": fake})
+    assert lines[3] == "| setting | transfer | +dann | +mcc |"
+    assert lines[5] == "| a | 90.0% (-1.0 ~) | 90.0% (-1.0 ~) | 50.0% (+40.0 +) |"
+
+
 def test_monitor_labelled_pool_matches_naive_cosine():
     """With a labelled pool (few-shot target set) the target objective is the pool's CE even when the batch holds no
     labelled target sample; the cosine equals a naive autograd reference on the backbone's parameters."""

@@ -22,6 +22,7 @@ transferability scores. This module holds the pure logic, so that it is unit-tes
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -42,6 +43,9 @@ class Setting:
     noise: tuple
     harmful: tuple
     action: str = "warn"
+    #: ``erm`` (the plain transfer) or a loss-term method config name (``configs/method/<method>.yaml``) trained on
+    #: top of it with the unlabelled target
+    method: str = "erm"
 
     @property
     def num_sources(self) -> int:
@@ -63,7 +67,8 @@ def expand_settings(spec: Mapping[str, Any]) -> List[Setting]:
     ``noise`` (a float or one per source, default 0), optional ``harmful`` (bools per source; default: noise >
     ``harmful_noise`` of the spec, 0.5 unless given), optional ``name`` (default ``<group>/<noise%>``) and optional
     ``actions`` (list, default ``["warn"]``; each action makes its own setting, named ``<name>+<action>`` when it is
-    not ``warn``). Names must be unique.
+    not ``warn``) and optional ``methods`` (list of method config names, default ``["erm"]``; each makes its own
+    setting with the method's loss terms added, named ``<name>+<method>`` when it is not ``erm``). Names must be unique.
     """
     groups = spec.get("groups")
     if not isinstance(groups, Mapping) or not groups:
@@ -86,7 +91,12 @@ def expand_settings(spec: Mapping[str, Any]) -> List[Setting]:
                     raise ValueError(f"setting {base!r}: unknown monitor action {action!r}; use warn, downweight "
                                      f"or stop")
                 name = base if action == "warn" else f"{base}+{action}"
-                out.append(Setting(name, str(group), tuple(sources), tuple(noise), tuple(harmful), action))
+                for method in e.get("methods", ["erm"]):
+                    if not isinstance(method, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", method):
+                        raise ValueError(f"setting {base!r}: a method is the name of a config in configs/method/, "
+                                         f"got {method!r}")
+                    out.append(Setting(name if method == "erm" else f"{name}+{method}", str(group), tuple(sources),
+                                       tuple(noise), tuple(harmful), action, method))
     names = [s.name for s in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

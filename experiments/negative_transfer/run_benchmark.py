@@ -37,10 +37,27 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def method_losses(method: str) -> list:
+    """The loss terms of ``configs/method/<method>.yaml`` (``erm``: none). Only loss-term methods: a training method
+    (``model.method``: ADDA, MCD, FixMatch, SHOT) has its own update rule, which the monitor's step does not drive."""
+    from da.losses import build_loss
+    from da.resources import resolve
+
+    if method == "erm":
+        return []
+    path = resolve(f"method/{method}")
+    model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
+    if model.get("method") is not None:
+        raise SystemExit(f"method {method!r} ({path}) is a training method with its own update rule; the benchmark "
+                         f"takes loss-term methods (dann, mmd, mcc, im, ...)")
+    return [build_loss(spec) for spec in model.get("losses") or []]
+
+
 def fit_one(cfg: Dict[str, Any], kind: str, setting: Setting, seed: int) -> Dict[str, Any]:
-    """One fit: ``kind`` is ``transfer`` (sources + k target labels, monitor on), ``baseline`` (k target labels
-    only) or ``source_only`` (sources only; its target features and probabilities feed the transferability scores).
-    Returns a JSON-able record with per-sample target-test correctness."""
+    """One fit: ``kind`` is ``transfer`` (sources + k target labels, monitor on, plus the setting's method's loss
+    terms on the unlabelled target), ``baseline`` (k target labels only) or ``source_only`` (sources only; its target
+    features and probabilities feed the transferability scores). Returns a JSON-able record with per-sample
+    target-test correctness."""
     import pytorch_lightning as pl
 
     from da.data.datamodule import DomainDataModule
@@ -55,8 +72,9 @@ def fit_one(cfg: Dict[str, Any], kind: str, setting: Setting, seed: int) -> Dict
                           supervision=supervision, target_labeled_per_class=cfg["labeled_per_class"],
                           source_label_noise=list(setting.noise), batch_size=cfg["batch_size"], num_workers=0,
                           options=cfg.get("data_options"), on_device=False, seed=seed)
+    losses = method_losses(setting.method) if kind == "transfer" else []
     model = TransferModule(num_classes=dm.num_classes, input_shape=dm.input_shape, num_sources=dm.num_sources,
-                           **cfg["model"])
+                           losses=losses, **cfg["model"])
     callbacks = []
     monitor = None
     if kind == "transfer":
@@ -99,7 +117,7 @@ def plan(cfg: Dict[str, Any], settings: List[Setting]) -> List[tuple]:
     for seed in range(cfg["seeds"]):
         jobs.append(("baseline", base, seed))
         jobs += [("transfer", s, seed) for s in settings]
-        jobs += [("source_only", s, seed) for s in settings if s.num_sources == 1]
+        jobs += [("source_only", s, seed) for s in settings if s.num_sources == 1 and s.method == "erm"]
     return jobs
 
 
@@ -208,7 +226,7 @@ def analyse(cfg: Dict[str, Any], out: Path) -> Dict[str, Any]:
     multi = []
     for name, s in settings.items():
         runs = by.get(("transfer", name), {})
-        if name not in summary["settings"]:
+        if name not in summary["settings"] or s.method != "erm":  # the monitor is judged on the plain transfer
             continue
         harmful_setting = ntg_results[name].gap > 0
         for k, r in runs.items():
@@ -239,7 +257,7 @@ def analyse(cfg: Dict[str, Any], out: Path) -> Dict[str, Any]:
               "| score | tau per seed (mean ± sd) | seeds | pooled tau | points |", "|---|---|---|---|---|"]
     pts = []
     for name, s in settings.items():
-        if s.num_sources != 1:
+        if s.num_sources != 1 or s.method != "erm":
             continue
         for k, r in by.get(("source_only", name), {}).items():
             t = by.get(("transfer", name), {}).get(k)
@@ -259,7 +277,7 @@ def analyse(cfg: Dict[str, Any], out: Path) -> Dict[str, Any]:
               "| setting | warn only (acc ± sd) | downweight (acc ± sd) | Δ (pp) | harmful sources removed | "
               "good source removed |", "|---|---|---|---|---|---|"]
     for name, s in settings.items():
-        if s.num_sources == 1 or s.action != "warn":
+        if s.num_sources == 1 or s.action != "warn" or s.method != "erm":
             continue
         a = by.get(("transfer", name), {})
         b = by.get(("transfer", f"{name}+downweight"), {})
@@ -278,6 +296,8 @@ def analyse(cfg: Dict[str, Any], out: Path) -> Dict[str, Any]:
                      f"{100 * acc_b.mean():.1f} ± {100 * acc_b.std(ddof=1):.1f}% | "
                      f"{100 * (acc_b.mean() - acc_a.mean()):+.1f} | {100 * rem_h:.0f}% | {100 * rem_g:.0f}% |")
 
+    lines += methods_table(settings, summary)
+
     wall = sum(r.get("wall_s", 0.0) for r in recs)
     lines += ["", f"{len(recs)} runs, {wall / 60:.1f} min of summed fit time."]
     (out / "tables.md").write_text("\n".join(lines) + "\n")
@@ -288,6 +308,38 @@ def analyse(cfg: Dict[str, Any], out: Path) -> Dict[str, Any]:
     _plot_helpful_vs_harmful(by, out / "monitor.png")
     print("\n".join(lines))
     return summary
+
+
+def methods_table(settings: Dict[str, Setting], summary: Dict[str, Any]) -> List[str]:
+    """Markdown: per base setting (rows), the plain transfer and each adaptation method added to it (columns):
+    target accuracy and NTG against the target-only baseline, with the verdict of its 95% interval
+    (``+`` negative transfer, ``-`` positive, ``~`` inconclusive)."""
+    methods = sorted({s.method for s in settings.values() if s.method != "erm"})
+    if not methods:
+        return []
+    rows = {}
+    for name, s in settings.items():
+        st = summary["settings"].get(name)
+        if st is None:
+            continue
+        base = name[: -len(f"+{s.method}")] if s.method != "erm" else name
+        rows.setdefault(base, {})[s.method] = st
+    mark = {"negative transfer": "+", "positive transfer": "-"}
+    cols = ["erm"] + methods
+    lines = ["", "## Adaptation methods on the same settings: target accuracy (NTG in pp vs the target-only "
+             "baseline; + negative transfer, - positive, ~ inconclusive at 95%)", "",
+             "| setting | " + " | ".join("transfer" if m == "erm" else f"+{m}" for m in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for base, by_method in rows.items():
+        if len(by_method) < 2:
+            continue
+        cells = []
+        for m in cols:
+            st = by_method.get(m)
+            cells.append("–" if st is None else f"{100 * st['acc']:.1f}% ({100 * st['ntg']['gap']:+.1f} "
+                         f"{mark.get(st['ntg']['verdict'], '~')})")
+        lines.append(f"| {base} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _plot_helpful_vs_harmful(by: Dict[tuple, Dict[int, Any]], path: Path) -> None:
