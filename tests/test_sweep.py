@@ -371,6 +371,39 @@ def test_referencing_runs_wait_for_and_then_start_from_their_run(project, capsys
     assert "model.init_from=<run method=configs/method/erm.yaml>/checkpoints/last.ckpt  [after " in listing
 
 
+def test_a_waiting_run_waits_for_its_run_while_another_process_trains_it(project, monkeypatch):
+    """Two sweeps on one folder: the one that reaches an adaptation run while the other still trains its source run
+    waits for it (polling), then starts from its checkpoint; it gives up only on a source run no process holds."""
+    write(project / "configs/method/shot.yaml", {"model": {"method_name": "shot"}})
+    spec = sweep_spec(grid=SHOT_GRID, seeds=[0])
+    runs = S.expand(spec)
+    shot = next(r for r in runs if r.params["method"].endswith("shot.yaml"))
+    source = Path("out/abl") / shot.needs[0]
+    source.mkdir(parents=True)
+    # "another sweep": holds the source run's lock, writes its checkpoint and finished record after 1.5 s, exits
+    other = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, json, os, time
+        fd = os.open({str(source / '.lock')!r}, os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX)
+        print("locked", flush=True); time.sleep(1.5)
+        os.makedirs({str(source / 'checkpoints')!r}, exist_ok=True)
+        open({str(source / 'checkpoints/last.ckpt')!r}, "w").write("ckpt")
+        json.dump({{"status": "finished", "metrics": {{}}}}, open({str(source / 'result.json')!r}, "w"))
+        """)], stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == "locked"
+    monkeypatch.setattr(L.LocalLauncher, "poll_s", 0.2)
+    only = {"method": "configs/method/shot.yaml", "data": "configs/base.yaml"}
+    summary = P.run_sweep(spec, out="out", command_builder=fake_builder(project), only=only)
+    other.wait(10)
+    assert (summary.finished, summary.waiting) == (1, [])
+    (call,) = calls(project)
+    assert call["run"] == shot.hash and call["init_exists"]
+    # nothing holds the other task's source run and it never ran: that one waits, and the sweep says so at once
+    t0 = time.time()
+    rest = P.run_sweep(spec, out="out", command_builder=fake_builder(project),
+                       only={"method": "configs/method/shot.yaml"})
+    assert (rest.finished, len(rest.waiting)) == (0, 1) and time.time() - t0 < 5
+
+
 def test_sweep_runs_skips_and_records_failures(project, capsys):
     spec = sweep_spec(grid={"method": ["configs/method/erm.yaml", "configs/method/dann.yaml"], "fail": [False, True]},
                       seeds=[0])

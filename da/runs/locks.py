@@ -77,6 +77,16 @@ def try_lock(run_dir: PathLike) -> Optional[int]:
         return fd
 
 
+def held_elsewhere(run_dir: PathLike) -> bool:
+    """Whether another live process holds the lock of ``run_dir`` (taken and dropped at once to find out)."""
+    if _key(run_dir) in _HELD or not (Path(run_dir) / LOCK_FILE).is_file():
+        return False
+    if try_lock(run_dir) is None:
+        return True
+    release(run_dir)
+    return False
+
+
 def release(run_dir: PathLike) -> None:
     """Release the lock this process holds on ``run_dir`` (nothing when it holds none)."""
     with _GUARD:

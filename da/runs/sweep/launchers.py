@@ -55,14 +55,27 @@ class LocalLauncher:
     def execute(job: Job) -> str:
         return execute_job(job)
 
+    #: seconds between looks at a run that another process is training and a waiting job starts from
+    poll_s = 10.0
+
     def run(self, jobs: Sequence[Job], progress: Progress) -> list[str]:
-        """Each job in order; the jobs left waiting for a run they start from get one more try at the end (another
-        process may have finished it meanwhile)."""
+        """Each job in order; then the jobs left waiting for a run they start from: started once it has finished,
+        waited for while another live process trains it (two sweeps on one folder), given up when it is neither
+        (failed, or not started anywhere: reported as waiting)."""
         statuses = [self._one(job, progress) for job in jobs]
-        for i, job in enumerate(jobs):
-            if statuses[i] == WAITING and all(run_status(d) == "finished" for d in job.needs):
+        waiting = [i for i, s in enumerate(statuses) if s == WAITING]
+        while waiting:
+            unfinished = {i: [d for d in jobs[i].needs if run_status(d) != "finished"] for i in waiting}
+            ready = [i for i in waiting if not unfinished[i]]
+            for i in ready:
                 progress.waiting -= 1
-                statuses[i] = self._one(job, progress)
+                statuses[i] = self._one(jobs[i], progress)
+            blocked = [i for i in waiting if unfinished[i] and any(locks.held_elsewhere(d) for d in unfinished[i])]
+            if not ready and not blocked:
+                break
+            if not ready:
+                time.sleep(self.poll_s)
+            waiting = [i for i, s in enumerate(statuses) if s == WAITING and (i in blocked or i in ready)]
         return statuses
 
     def _one(self, job: Job, progress: Progress) -> str:
