@@ -23,6 +23,7 @@ from da.runs import config as C
 from da.runs import lifecycle
 from da.runs.sweep import launchers as L
 from da.runs.sweep import plan as P
+from da.runs.sweep import references as R
 from da.runs.sweep import spec as S
 from da.runs.sweep import wandb as W
 from da.runs.record import load_records
@@ -319,7 +320,7 @@ def test_a_run_can_start_from_another_run_of_the_sweep(project):
         assert r.needs == (source.hash,)
         assert r.config["model"]["init_from"] == f"@run:{source.hash}/checkpoints/last.ckpt"
         assert r.hash == C.config_hash(r.config)
-    assert S.resolve_references(shot[0].config, "out/abl")["model"]["init_from"] == str(
+    assert R.resolve_references(shot[0].config, "out/abl")["model"]["init_from"] == str(
         (project / "out/abl" / shot[0].needs[0] / "checkpoints/last.ckpt").resolve())
     # --only may leave out the referenced runs: the reference still resolves over the whole sweep
     only = S.expand(sweep_spec(grid=SHOT_GRID, seeds=[0, 1]), only={"method": "configs/method/shot.yaml", "seed": 1})

@@ -142,6 +142,14 @@ def canonical(value: Any) -> Any:
     return value
 
 
+def values_match(actual: Any, wanted: Any) -> bool:
+    """Whether a parameter value matches a wanted one: equal, equal as text (``--only seed=1``), or equal once
+    canonical (``1.0`` and ``1``)."""
+    if actual == wanted:
+        return True
+    return str(actual) == str(wanted) or canonical(actual) == canonical(wanted)
+
+
 def canonical_config(config: Mapping) -> dict:
     """A canonical copy of ``config`` (:func:`canonical`) without :data:`VOLATILE_KEYS`: what the hash covers."""
     body = canonical(json.loads(json.dumps(dict(config), default=str)))

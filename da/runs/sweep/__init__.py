@@ -1,6 +1,7 @@
 """Sweeps: a YAML grid (and seeded random search) expanded into runs named by the hash of their config.
 
 - :mod:`da.runs.sweep.spec`: sweep files, their expansion into runs, and what task / method a run is.
+- :mod:`da.runs.sweep.references`: ``from_run`` values, a run that starts from another run of the sweep.
 - :mod:`da.runs.sweep.plan`: skip / resume / retry per run directory, and :func:`run_sweep`.
 - :mod:`da.runs.sweep.jobs`: one job: claim its run directory's lock, run its child, record the outcome.
 - :mod:`da.runs.sweep.launchers`: local, in-process, local multi-GPU, SLURM (submitit) and Lightning-DDP launchers.

@@ -20,8 +20,8 @@ import yaml
 from da.runs.io import write_json_atomic, write_text_atomic
 from da.runs.lifecycle import ACTIONS, decide
 from da.runs.record import SWEEP_INFO_FILE
-from da.runs.sweep.spec import RunSpec, SweepSpec, describe_run, expand, is_run_reference, reference_text, \
-    resolve_references
+from da.runs.sweep.references import is_run_reference, reference_text, resolve_references
+from da.runs.sweep.spec import RunSpec, SweepSpec, describe_run, expand
 
 SWEEP_CONFIG_FILE = "sweep_config.yaml"
 

@@ -57,15 +57,14 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from da.errors import unknown_name
-from da.runs.config import canonical, config_hash, deep_merge, load_yaml, parse_dotted, set_dotted
+from da.runs.config import config_hash, deep_merge, load_yaml, parse_dotted, set_dotted, values_match
+from da.runs.sweep.references import (DEFAULT_REFERENCE_FILE, RUN_REFERENCE_PREFIX, check_reference, is_run_reference,
+                                      referenced_run)
 
 SWEEP_KEYS = ("name", "description", "base", "grid", "seeds", "random", "overrides")
 RANDOM_KEYS = ("n", "seed", "space")
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "choice")
 CONFIG_SUFFIXES = (".yaml", ".yml")
-RUN_REFERENCE_KEYS = ("from_run", "file")
-RUN_REFERENCE_PREFIX = "@run:"
-DEFAULT_REFERENCE_FILE = "checkpoints/last.ckpt"
 
 
 @dataclass
@@ -101,43 +100,6 @@ def is_config_file(value: Any) -> bool:
     return isinstance(value, str) and value.lower().endswith(CONFIG_SUFFIXES)
 
 
-def is_run_reference(value: Any) -> bool:
-    """A grid or override value ``{from_run: {key: value, ...}, file: ...}`` naming another run of the sweep."""
-    return isinstance(value, Mapping) and "from_run" in value
-
-
-def _check_reference(key: str, value: Mapping, where: str) -> None:
-    for k in value:
-        if k not in RUN_REFERENCE_KEYS:
-            raise unknown_name(f"key of the run reference in '{key}'{where}", k, RUN_REFERENCE_KEYS)
-    wanted = value["from_run"]
-    if not isinstance(wanted, Mapping) or not wanted or "seed" in wanted:
-        raise ValueError(f"'{key}'{where}: from_run must map sweep parameters to values, e.g. "
-                         f"{{from_run: {{method: configs/method/erm.yaml}}}} (the seed is always the run's own), "
-                         f"got {wanted!r}")
-    file = value.get("file", DEFAULT_REFERENCE_FILE)
-    if not isinstance(file, str) or not file or Path(file).is_absolute() or ".." in Path(file).parts:
-        raise ValueError(f"'{key}'{where}: file must be a path inside the referenced run's folder, e.g. "
-                         f"{DEFAULT_REFERENCE_FILE}, got {file!r}")
-
-
-def reference_text(value: Mapping) -> str:
-    """How a run reference reads in listings: ``<run method=configs/method/erm.yaml>/checkpoints/last.ckpt``."""
-    wanted = " ".join(f"{k}={v}" for k, v in value["from_run"].items())
-    return f"<run {wanted}>/{value.get('file', DEFAULT_REFERENCE_FILE)}"
-
-
-def resolve_references(config: Any, sweep_dir: str | Path) -> Any:
-    """``config`` with every ``@run:<hash>/<file>`` string replaced by the absolute path ``<sweep_dir>/<hash>/<file>``."""
-    if isinstance(config, str) and config.startswith(RUN_REFERENCE_PREFIX):
-        return str((Path(sweep_dir) / config[len(RUN_REFERENCE_PREFIX):]).resolve())
-    if isinstance(config, Mapping):
-        return {k: resolve_references(v, sweep_dir) for k, v in config.items()}
-    if isinstance(config, list):
-        return [resolve_references(v, sweep_dir) for v in config]
-    return config
-
-
 def parse_sweep(data: Any, source: Optional[Path] = None) -> SweepSpec:
     """Validate a loaded sweep mapping and return a :class:`SweepSpec` (errors name the key and the fix)."""
     where = f" in {source}" if source else ""
@@ -168,7 +130,7 @@ def parse_sweep(data: Any, source: Optional[Path] = None) -> SweepSpec:
                 raise ValueError(f"sweep grid key '{key}'{where} needs a non-empty list of values, got {values!r}")
             for v in values:
                 if is_run_reference(v):
-                    _check_reference(key, v, where)
+                    check_reference(key, v, where)
             if not any(is_config_file(v) for v in values):
                 parse_dotted(key)
             elif not all(is_config_file(v) or v is None for v in values):
@@ -187,7 +149,7 @@ def parse_sweep(data: Any, source: Optional[Path] = None) -> SweepSpec:
     for key, value in overrides.items():
         parse_dotted(key)
         if is_run_reference(value):
-            _check_reference(key, value, where)
+            check_reference(key, value, where)
     random = data.get("random")
     if random is not None:
         _check_random(random, where)
@@ -294,12 +256,6 @@ def resolve_run(files: Sequence[str | Path], overrides: Mapping[str, Any], seed:
     return cfg
 
 
-def _matches(actual: Any, wanted: Any) -> bool:
-    if actual == wanted:
-        return True
-    return str(actual) == str(wanted) or canonical(actual) == canonical(wanted)
-
-
 def expand(
     spec: SweepSpec,
     extra_overrides: Optional[Mapping[str, Any]] = None,
@@ -355,7 +311,7 @@ def expand(
         needs, concrete = [], dict(overrides)
         for key, value in overrides.items():
             if is_run_reference(value):
-                target = resolve(_referenced(drafts, i, key, value, spec.name), chain + (i,))
+                target = resolve(referenced_run(drafts, i, key, value, spec.name), chain + (i,))
                 needs.append(target.hash)
                 concrete[key] = f"{RUN_REFERENCE_PREFIX}{target.hash}/{value.get('file', DEFAULT_REFERENCE_FILE)}"
         config = resolve_run(files, concrete, seed)
@@ -367,39 +323,13 @@ def expand(
     seen: set[str] = set()
     for i in range(len(drafts)):
         params = drafts[i][3]
-        if not all(k in params and _matches(params[k], v) for k, v in only.items()):
+        if not all(k in params and values_match(params[k], v) for k, v in only.items()):
             continue
         run = resolve(i)
         if run.hash not in seen:
             seen.add(run.hash)
             runs.append(run)
     return runs
-
-
-def _referenced(drafts: Sequence[tuple], i: int, key: str, ref: Mapping, sweep_name: str) -> int:
-    """The index of the one draft run that ``ref`` (held by draft ``i`` under ``key``) names: the same seed, the
-    ``from_run`` parameters, and the same value on every other parameter both runs have."""
-    params = drafts[i][3]
-    wanted = ref["from_run"]
-    found = []
-    for j, (_, _, seed, other) in enumerate(drafts):
-        if j == i or seed != drafts[i][2]:
-            continue
-        if not all(k in other and _matches(other[k], v) for k, v in wanted.items()):
-            continue
-        shared = (set(other) & set(params)) - set(wanted) - {key, "seed"}
-        if all(_matches(other[k], params[k]) for k in shared):
-            found.append(j)
-    described = {k: v for k, v in params.items() if k != key}
-    if not found:
-        raise ValueError(f"sweep '{sweep_name}': {key}: {reference_text(ref)} matches no run of the sweep for the run "
-                         f"{described}; the referenced run must be in the grid (same seed, same other parameters)")
-    if len(found) > 1:
-        options = "; ".join(str({k: v for k, v in drafts[j][3].items() if k not in params or k in wanted})
-                            for j in found[:4])
-        raise ValueError(f"sweep '{sweep_name}': {key}: {reference_text(ref)} matches {len(found)} runs for the run "
-                         f"{described} ({options}); add parameters to from_run so it names one")
-    return found[0]
 
 
 @functools.lru_cache(maxsize=None)

@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from da.runs.sweep.spec import SweepSpec, is_run_reference
+from da.runs.sweep.references import is_run_reference
+from da.runs.sweep.spec import SweepSpec
 
 
 def wandb_env(sweep_name: str, run_hash: str, task: str, method: str, seed: Any) -> dict[str, str]:
