@@ -269,6 +269,11 @@ def record_outcome(job: Job, returncode: int, started: float, started_at: str, b
     return "failed"
 
 
+def unfinished(run_dirs) -> list[str]:
+    """The run directories (a job's ``needs``) whose run has not finished."""
+    return [d for d in run_dirs if run_status(d) != "finished"]
+
+
 def claim(job: Job) -> Optional[str]:
     """Make the job's run directory, take its lock and decide again what to do with it.
 
@@ -284,7 +289,7 @@ def claim(job: Job) -> Optional[str]:
     if action in ("skip", "skip-failed"):
         locks.release(job.run_dir)
         return SKIPPED if action == "skip" else SKIPPED_FAILED
-    waiting = [Path(d).name for d in job.needs if run_status(d) != "finished"]
+    waiting = [Path(d).name for d in unfinished(job.needs)]
     if waiting:
         locks.release(job.run_dir)
         job.info["waiting_for"] = waiting

@@ -33,9 +33,8 @@ from typing import Any, Optional, Sequence
 from da.errors import unknown_name
 from da.runs import locks
 from da.runs.lifecycle import da_command, fit_argv, interrupt_in_chain
-from da.runs.record import run_status
 from da.runs.sweep.jobs import (LOG_FILE, WAITING, Job, Progress, _now, claim, execute_job, record_outcome,
-                                record_signature, stop_all)
+                                record_signature, stop_all, unfinished)
 from da.runs.sweep.plan import SWEEP_CONFIG_FILE
 
 
@@ -65,12 +64,12 @@ class LocalLauncher:
         statuses = [self._one(job, progress) for job in jobs]
         waiting = [i for i, s in enumerate(statuses) if s == WAITING]
         while waiting:
-            unfinished = {i: [d for d in jobs[i].needs if run_status(d) != "finished"] for i in waiting}
-            ready = [i for i in waiting if not unfinished[i]]
+            left = {i: unfinished(jobs[i].needs) for i in waiting}
+            ready = [i for i in waiting if not left[i]]
             for i in ready:
                 progress.waiting -= 1
                 statuses[i] = self._one(jobs[i], progress)
-            blocked = [i for i in waiting if unfinished[i] and any(locks.held_elsewhere(d) for d in unfinished[i])]
+            blocked = [i for i in waiting if left[i] and any(locks.held_elsewhere(d) for d in left[i])]
             if not ready and not blocked:
                 break
             if not ready:
@@ -267,11 +266,12 @@ class SlurmLauncher:
 
     def run(self, jobs: Sequence[Job], progress: Progress) -> list[str]:
         # a run that starts from another run is submitted once that one has finished (run the sweep again then)
-        ready = [all(run_status(d) == "finished" for d in job.needs) for job in jobs]
-        waiting = [job for job, ok in zip(jobs, ready) if not ok]
-        for job in waiting:
-            job.info["waiting_for"] = [Path(d).name for d in job.needs if run_status(d) != "finished"]
-            progress.waits(job)
+        waiting_for = [[Path(d).name for d in unfinished(job.needs)] for job in jobs]
+        ready = [not w for w in waiting_for]
+        for job, w in zip(jobs, waiting_for):
+            if w:
+                job.info["waiting_for"] = w
+                progress.waits(job)
         statuses = self._submit([job for job, ok in zip(jobs, ready) if ok], progress)
         it = iter(statuses)
         return [next(it) if ok else WAITING for ok in ready]
