@@ -24,7 +24,9 @@ the two variants alternating which goes first), each block ``--warmup`` untimed 
 multiple of ``log_every_n_steps``, so every block holds the same share of logging steps). Per block: thread CPU time
 (``time.thread_time``: robust to other processes on a shared machine) and wall time (CUDA-synchronised at the
 block's ends), divided by the steps. Reported: the median over rounds and the IQR; ``overhead`` = trainer / bare of
-the CPU-time medians (on CUDA, of wall time). Timings on a busy machine are noisy: compare ratios from one run.
+the CPU-time medians (on CUDA, of wall time); ``overhead_paired`` = the median over rounds of each round's own
+trainer / bare (adjacent blocks: a load that drifts between rounds cancels). Timings on a busy machine are noisy:
+compare ratios from one run.
 """
 
 from __future__ import annotations
@@ -239,6 +241,12 @@ def summarise(times: Dict[str, Dict[str, List[tuple]]], cuda: bool) -> Dict[str,
         key = "wall_ms" if cuda else "ms"
         row["overhead"] = round(row[f"trainer_{key}"] / row[f"bare_{key}"], 4)
         row["overhead_wall"] = round(row["trainer_wall_ms"] / row["bare_wall_ms"], 4)
+        # paired: trainer / bare of the two adjacent blocks of each round, so a load that drifts between rounds
+        # (a shared machine) cancels; its median and IQR over rounds
+        k = 1 if cuda else 0
+        paired = [t[k] / b[k] for t, b in zip(by_variant["trainer"], by_variant["bare"])]
+        lo, hi = _quartiles(paired)
+        row["overhead_paired"], row["overhead_paired_iqr"] = round(statistics.median(paired), 4), round(hi - lo, 4)
         base = ERM_TARGET if m in TARGET_METHODS else "erm" if m != ERM_TARGET else None
         if base in times and m != base:  # the method's own cost: against the matching baseline, through the Trainer
             row["vs_baseline"] = base
@@ -259,18 +267,19 @@ def markdown(rows: Dict[str, Dict[str, float]], meta: Dict[str, Any]) -> str:
              f"log_every_n_steps {meta['log_every']}; {meta['rounds']} rounds x {meta['steps']} timed steps after "
              f"{meta['warmup']}; median (IQR) over rounds.", "",
              "| method | trainer CPU ms | bare CPU ms | overhead (CPU) | trainer wall ms | bare wall ms | "
-             "overhead (wall) |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "overhead (wall) | paired overhead (IQR) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     if any(EVERY_STEP + "_ms" in r for r in rows.values()):
         lines[-2] = lines[-2].replace("| bare CPU ms |",
                                       "| trainer, logging every step: CPU ms (overhead) | bare CPU ms |")
-        lines[-1] = "|---|---:|---:|---:|---:|---:|---:|---:|"
+        lines[-1] = "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for m, r in rows.items():
         extra = (f" {r[EVERY_STEP + '_ms']:.2f} ({r[EVERY_STEP + '_ms'] / r['bare_ms'] - 1:+.1%}) |"
                  if EVERY_STEP + "_ms" in r else "")
         lines.append(f"| {m} | {r['trainer_ms']:.2f} ({r['trainer_ms_iqr']:.2f}) |{extra} {r['bare_ms']:.2f} "
                      f"({r['bare_ms_iqr']:.2f}) | {r['trainer_ms'] / r['bare_ms'] - 1:+.1%} | "
                      f"{r['trainer_wall_ms']:.2f} ({r['trainer_wall_ms_iqr']:.2f}) | {r['bare_wall_ms']:.2f} "
-                     f"({r['bare_wall_ms_iqr']:.2f}) | {r['overhead_wall'] - 1:+.1%} |")
+                     f"({r['bare_wall_ms_iqr']:.2f}) | {r['overhead_wall'] - 1:+.1%} | "
+                     f"{r['overhead_paired'] - 1:+.1%} ({r['overhead_paired_iqr']:.1%}) |")
     base = [f"{m} {r['overhead_vs_baseline'] - 1:+.1%} vs {r['vs_baseline']}" for m, r in rows.items()
             if "overhead_vs_baseline" in r]
     if base:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,21 @@ def test_summary_medians_iqr_and_overhead():
     assert row["overhead"] == pytest.approx(1.2) and row["overhead_wall"] == pytest.approx(1.2)
     row = st.summarise({"m": {"trainer": [(0.001, 0.030)], "bare": [(0.002, 0.020)]}}, cuda=True)["m"]
     assert row["overhead"] == pytest.approx(1.5)  # on CUDA the ratio is of wall time
+
+
+def test_paired_overhead_cancels_a_load_that_drifts_between_rounds():
+    st = _load()
+    # the machine slows down 2x and 3x over the rounds; within each round the trainer costs 2% more than bare
+    bare = [(0.100, 0.1), (0.200, 0.2), (0.300, 0.3)]
+    trainer = [(1.02 * c, w) for c, w in bare]
+    times = {"dann": {"trainer": trainer, "bare": bare}}
+    row = st.summarise(times, cuda=False)["dann"]
+    assert row["overhead_paired"] == pytest.approx(1.02) and row["overhead_paired_iqr"] == pytest.approx(0.0)
+    # the pairing is by round: blocks of different rounds are never divided by each other
+    times = {"dann": {"trainer": [trainer[2], trainer[0], trainer[1]], "bare": [bare[1], bare[0], bare[2]]}}
+    row = st.summarise(times, cuda=False)["dann"]
+    assert row["overhead"] == pytest.approx(1.02)  # same medians either way
+    assert row["overhead_paired"] == pytest.approx(statistics.median([1.02 * 3 / 2, 1.02, 1.02 * 2 / 3]))
 
 
 def test_block_reads_the_clock_after_warmup_and_at_the_end():
