@@ -1,5 +1,7 @@
 """TransferModule: parameter transfer, freezing, optimiser groups, schedules, the training step."""
 
+import types
+
 import pytest
 import torch
 
@@ -55,6 +57,31 @@ def test_freezing_and_optimizer_groups():
     groups = {(g["lr"], g["weight_decay"]): sum(p.numel() for p in g["params"]) for g in opt.param_groups}
     # backbone layer 2 (12x16 weight, 12 bias) at lr 0.001; classifier (3x12 + 3) at lr 0.01; no decay on biases
     assert groups == {(0.001, 5e-4): 192, (0.001, 0.0): 12, (0.01, 5e-4): 36, (0.01, 0.0): 3}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_fused_optimizer_is_the_same_update_and_can_be_turned_off(optimizer):
+    torch.manual_seed(0)
+    fused, plain = _module(optimizer=optimizer, weight_decay=1e-3), _module(optimizer=optimizer, weight_decay=1e-3,
+                                                                            fused=False)
+    plain.load_state_dict(fused.state_dict())
+    opts = [m.configure_optimizers() for m in (fused, plain)]
+    assert opts[0].defaults["fused"] is True and not opts[1].defaults["fused"]
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    for _ in range(20):
+        for m, opt in zip((fused, plain), opts):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+    for a, b in zip(fused.parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(fused.classifier.weight, _module(optimizer=optimizer).classifier.weight)
+
+
+def test_fp16_precision_keeps_the_per_tensor_optimizer():
+    m = _module(optimizer="adam")
+    m._trainer = types.SimpleNamespace(precision="16-mixed")
+    assert not m.configure_optimizers().defaults["fused"]
 
 
 def test_freeze_backbone_keeps_it_in_eval_mode():
