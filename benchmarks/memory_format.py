@@ -1,11 +1,15 @@
-"""channels_last vs the default (contiguous) memory layout for the digits backbones, side by side in one process.
+"""channels_last vs the default (contiguous) memory layout for the digits backbones, and the fused optimiser kernel
+vs torch's per-tensor loop, side by side in one process.
 
 The same network, the same weights and inputs: only the layout differs (``TransferModule(channels_last=True)``,
-``model.channels_last: true`` in a recipe). Per round, each layout runs ``--steps`` timed training steps (forward,
-backward, SGD) after ``--warmup`` untimed ones, layouts alternating first; reported: median thread CPU ms per step
-over ``--rounds`` (robust to other processes on a shared machine) and the speed-up contiguous / channels_last.
+``model.channels_last: true`` in a recipe), then (``channels_last+fused``) also the optimiser's kernel
+(``fused=True``: one call over all parameters, the same update to float rounding; ``model.fused``, ``da``'s
+default). Per round, each variant runs ``--steps`` timed training steps (forward, backward, optimiser step) after
+``--warmup`` untimed ones, the order reversed every other round; reported: median thread CPU ms per step over
+``--rounds`` (robust to other processes on a shared machine) and the speed-ups over the contiguous, per-tensor step.
 
     OMP_NUM_THREADS=1 python benchmarks/memory_format.py            # lenet 28x28 batch 256, lenet_bn 16x16 batch 128
+    OMP_NUM_THREADS=1 python benchmarks/memory_format.py --optimizer adam     # the builtin / lenet_bn_adam recipes
 """
 
 from __future__ import annotations
@@ -29,11 +33,16 @@ CASES = {  # name: (backbone, input side, batch = source + target)
 }
 
 
-def make(backbone: str, side: int, channels_last: bool, seed: int = 0):
+VARIANTS = {"contiguous": (False, False), "channels_last": (True, False), "channels_last+fused": (True, True)}
+
+
+def make(backbone: str, side: int, channels_last: bool, fused: bool, optimizer: str = "sgd", seed: int = 0):
     torch.manual_seed(seed)
     model = TransferModule(input_shape=(1, side, side), backbone=backbone, bottleneck_dim=256,
                            channels_last=channels_last)
-    return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    if optimizer == "adam":
+        return model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused or None)
+    return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, fused=fused or None)
 
 
 def block(model, opt, x, y, steps: int) -> float:
@@ -51,6 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="SGD momentum 0.9, or Adam")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     out = {}
@@ -59,19 +69,22 @@ def main(argv=None) -> int:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(batch, 1, side, side, generator=g)
         y = torch.randint(0, 10, (batch,), generator=g)
-        variants = {"contiguous": make(backbone, side, False), "channels_last": make(backbone, side, True)}
+        variants = {k: make(backbone, side, cl, fused, args.optimizer) for k, (cl, fused) in VARIANTS.items()}
         times = {k: [] for k in variants}
         for r in range(args.rounds):
             order = list(variants) if r % 2 == 0 else list(reversed(variants))
             for name in order:
                 model, opt = variants[name]
-                block(model, opt, x, y, args.warmup)
+                if args.warmup:
+                    block(model, opt, x, y, args.warmup)
                 times[name].append(block(model, opt, x, y, args.steps))
         med = {k: statistics.median(v) for k, v in times.items()}
-        out[case] = {"contiguous_ms": round(med["contiguous"], 2), "channels_last_ms": round(med["channels_last"], 2),
-                     "speedup": round(med["contiguous"] / med["channels_last"], 2)}
-        print(f"{case}: contiguous {med['contiguous']:.1f} ms, channels_last {med['channels_last']:.1f} ms "
-              f"per step (thread CPU, median of {args.rounds}): {out[case]['speedup']:.2f}x", flush=True)
+        out[case] = {**{f"{k}_ms": round(v, 2) for k, v in med.items()},
+                     "speedup": round(med["contiguous"] / med["channels_last"], 2),
+                     "speedup_fused": round(med["contiguous"] / med["channels_last+fused"], 2)}
+        print(f"{case} ({args.optimizer}): " + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items()) +
+              f" per step (thread CPU, median of {args.rounds}): channels_last {out[case]['speedup']:.2f}x, "
+              f"+ fused {out[case]['speedup_fused']:.2f}x", flush=True)
     print(json.dumps(out))
     return 0
 

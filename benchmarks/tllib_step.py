@@ -20,11 +20,12 @@ copied:
 
 The ``da`` side: ``TransferModule(backbone=adda_lenet.AddaLeNet, bottleneck_dim=256, bottleneck_dropout=0)`` with
 ``DomainAdversarialLoss()`` (the default discriminator: Linear-BN-ReLU x 2, no dropout) and the same optimiser
-(``weight_decay=1e-3``, ``no_decay_norm_bias=False``, ``scheduler=dann``); ``da+dropout`` is the same with
-``dropout=0.5`` (``da``'s earlier default). A step is ``training_step`` + ``backward`` + ``optimizer.step`` +
-``scheduler.step`` (no Trainer: the framework cost is that of ``da``'s module and loss; the Trainer's own cost is
-``benchmarks/step_time.py``'s). Per block: thread CPU time / steps; reported: median over rounds, IQR, and the
-ratio to TLlib's median.
+(``weight_decay=1e-3``, ``no_decay_norm_bias=False``, TLlib's ``LambdaLR``); ``da+dropout`` is the same with
+``dropout=0.5`` (``da``'s earlier default), and ``da, per-tensor SGD`` is ``da`` with ``fused=False`` (torch's
+per-tensor SGD loop, as TLlib's side runs it; ``da``'s default is the fused kernel, the same update). A step is
+``training_step`` + ``backward`` + ``optimizer.step`` + ``scheduler.step`` (no Trainer: the framework cost is that of
+``da``'s module and loss; the Trainer's own cost is ``benchmarks/step_time.py``'s). Per block: thread CPU time /
+steps; reported: median over rounds, IQR, and the ratio to TLlib's median.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def make_tllib(seed: int) -> Runner:
                   sched)
 
 
-def make_da(name: str, seed: int, dropout: Optional[float]) -> Runner:
+def make_da(name: str, seed: int, dropout: Optional[float], fused: bool = True) -> Runner:
     from da.losses import DomainAdversarialLoss
     from da.module import TransferModule
 
@@ -143,7 +144,7 @@ def make_da(name: str, seed: int, dropout: Optional[float]) -> Runner:
     module = TransferModule(num_classes=10, input_shape=(1, 28, 28), backbone="adda_lenet.AddaLeNet",
                             bottleneck_dim=256, bottleneck_dropout=0.0,
                             losses=[DomainAdversarialLoss(dropout=dropout)], optimizer="sgd", lr=0.01,
-                            momentum=0.9, weight_decay=1e-3, no_decay_norm_bias=False)
+                            momentum=0.9, weight_decay=1e-3, no_decay_norm_bias=False, fused=fused)
     opt = module.configure_optimizers()  # scheduler "none" here: the same LambdaLR as TLlib's is added below
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (1.0 + 0.001 * i) ** -0.75)
     return Runner(name, module, module.training_step, opt, sched)
@@ -168,7 +169,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     batch = {"source": (torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g),
                         torch.zeros(n, dtype=torch.long)),
              "target": (torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))}
-    runners = [make_tllib(args.seed), make_da("da", args.seed, None), make_da("da+dropout", args.seed, 0.5)]
+    runners = [make_tllib(args.seed), make_da("da", args.seed, None), make_da("da, per-tensor SGD", args.seed, None,
+                                                                       fused=False),
+               make_da("da+dropout", args.seed, 0.5)]
     times: Dict[str, List[float]] = {r.name: [] for r in runners}
     t0 = time.time()
     for r in range(args.rounds):
