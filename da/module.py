@@ -60,7 +60,7 @@ class TransferModule(pl.LightningModule):
         freeze_backbone: train only the head (feature extraction).
         freeze_blocks: freeze the first k blocks of the backbone (``backbone.blocks()``).
         optimizer: ``sgd`` (momentum), ``adam`` or ``adamw``; ``lr``, ``momentum``, ``weight_decay``. ``fused``: torch's
-            fused kernel (one call for all parameters; the same update to float rounding, 1.3x on the CPU digits step)
+            fused kernel (one call for all parameters; the same update to float rounding, 1.05-1.1x on the CPU digits step)
             where every parameter is on the CPU or CUDA and the precision is not fp16 (GradScaler); False: per tensor.
         backbone_lr_mult: learning-rate multiplier of the backbone (e.g. 0.1 when fine-tuning).
         no_decay_norm_bias: no weight decay on biases and normalisation weights.
