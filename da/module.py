@@ -60,8 +60,8 @@ class TransferModule(pl.LightningModule):
         freeze_backbone: train only the head (feature extraction).
         freeze_blocks: freeze the first k blocks of the backbone (``backbone.blocks()``).
         optimizer: ``sgd`` (momentum), ``adam`` or ``adamw``; ``lr``, ``momentum``, ``weight_decay``. ``fused``: torch's
-            fused kernel (one call for all parameters; the same update to float rounding, 1.05-1.1x on the CPU digits step)
-            where every parameter is on the CPU or CUDA and the precision is not fp16 (GradScaler); False: per tensor.
+            fused kernel (one call for all parameters; the same update to float rounding; 1.05-1.1x on the CPU digits
+            step) where every parameter is on the CPU or CUDA and the precision is not fp16 (GradScaler); False: per tensor.
         backbone_lr_mult: learning-rate multiplier of the backbone (e.g. 0.1 when fine-tuning).
         no_decay_norm_bias: no weight decay on biases and normalisation weights.
         scheduler: ``none``, ``cosine``, ``step`` (x``gamma`` every ``step_size`` fraction of training) or ``dann``
@@ -84,9 +84,9 @@ class TransferModule(pl.LightningModule):
                  losses: Optional[List[AdaptationLoss]] = None, method_name: Optional[str] = None,
                  init_from: Optional[str] = None, init_head: str = "auto", freeze_backbone: bool = False,
                  freeze_blocks: int = 0, optimizer: str = "adam", lr: float = 1e-3, momentum: float = 0.9,
-                 weight_decay: float = 0.0, backbone_lr_mult: float = 1.0, no_decay_norm_bias: bool = True, fused: bool = True,
-                 scheduler: str = "none", step_size: float = 0.5, gamma: float = 0.1, inv_gamma: float = 0.001,
-                 inv_power: float = 0.75, concat_forward: bool = True,
+                 weight_decay: float = 0.0, backbone_lr_mult: float = 1.0, no_decay_norm_bias: bool = True,
+                 fused: bool = True, scheduler: str = "none", step_size: float = 0.5, gamma: float = 0.1,
+                 inv_gamma: float = 0.001, inv_power: float = 0.75, concat_forward: bool = True,
                  label_smoothing: float = 0.0, channels_last: bool = False,
                  method: Optional[TrainingMethod] = None):
         super().__init__()
