@@ -26,7 +26,7 @@ from da.methods.base import (TrainingMethod, attach_method, check_fit, configure
                              method_training_step)
 from da.models.backbones import Bottleneck, build_backbone
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 SCHEDULERS = ("none", "cosine", "step", "dann", "inv")
 
 
@@ -59,9 +59,10 @@ class TransferModule(pl.LightningModule):
         init_head: ``auto`` (load the head if its shape matches), ``always``, ``never``.
         freeze_backbone: train only the head (feature extraction).
         freeze_blocks: freeze the first k blocks of the backbone (``backbone.blocks()``).
-        optimizer: ``sgd`` (momentum), ``adam`` or ``adamw``; ``lr``, ``momentum``, ``weight_decay``. ``fused``: torch's
-            fused kernel (one call for all parameters; the same update to float rounding; 1.05-1.1x on the CPU digits
-            step) where every parameter is on the CPU or CUDA and the precision is not fp16 (GradScaler); False: per tensor.
+        optimizer: ``sgd`` (momentum), ``adam`` or ``adamw``; ``lr``, ``momentum``, ``weight_decay``.
+        fused: torch's fused optimiser kernel (one call for all parameters; the same update to float rounding;
+            1.05-1.1x on the CPU digits step) where every parameter is on the CPU or CUDA and the precision is not
+            fp16 (GradScaler); False: torch's per-tensor loop.
         backbone_lr_mult: learning-rate multiplier of the backbone (e.g. 0.1 when fine-tuning).
         no_decay_norm_bias: no weight decay on biases and normalisation weights.
         scheduler: ``none``, ``cosine``, ``step`` (x``gamma`` every ``step_size`` fraction of training) or ``dann``
@@ -91,7 +92,7 @@ class TransferModule(pl.LightningModule):
                  method: Optional[TrainingMethod] = None):
         super().__init__()
         if optimizer not in OPTIMIZERS:
-            raise unknown_name("optimizer", optimizer, OPTIMIZERS)
+            raise unknown_name("optimizer", optimizer, tuple(OPTIMIZERS))
         if scheduler not in SCHEDULERS:
             raise unknown_name("scheduler", scheduler, SCHEDULERS)
         if inv_gamma < 0 or inv_power < 0:
@@ -386,9 +387,8 @@ class TransferModule(pl.LightningModule):
         if not groups:
             raise ValueError("no trainable parameters: everything is frozen")
         params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
-        kind = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[hp.optimizer]
         sgd = dict(momentum=hp.momentum, nesterov=hp.momentum > 0) if hp.optimizer == "sgd" else {}
-        opt = kind(params, lr=hp.lr, fused=self._fused_ok(params) or None, **sgd)
+        opt = OPTIMIZERS[hp.optimizer](params, lr=hp.lr, fused=self._fused_ok(params) or None, **sgd)
         if hp.scheduler == "none":
             return opt
         if hp.scheduler == "inv":  # no dependence on the run's length
@@ -403,8 +403,9 @@ class TransferModule(pl.LightningModule):
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 + 10 * min(s / total, 1.0)) ** -0.75)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-
     def _fused_ok(self, groups) -> bool:
+        """torch's fused kernel applies: asked for (``fused``; absent in checkpoints from before it existed), not fp16
+        (GradScaler), every parameter a float on the CPU or CUDA."""
         precision = str(getattr(self._trainer, "precision", "") if self._trainer is not None else "")
         return bool(self.hparams.get("fused", True)) and not precision.startswith("16") and all(
             p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for g in groups for p in g["params"])
