@@ -59,7 +59,8 @@ class TransferModule(pl.LightningModule):
         init_head: ``auto`` (load the head if its shape matches), ``always``, ``never``.
         freeze_backbone: train only the head (feature extraction).
         freeze_blocks: freeze the first k blocks of the backbone (``backbone.blocks()``).
-        optimizer: ``sgd`` (momentum), ``adam`` or ``adamw``; ``lr``, ``momentum``, ``weight_decay``.
+        optimizer: ``sgd`` (Nesterov when momentum > 0), ``adam`` or ``adamw``; ``lr``, ``weight_decay``, ``momentum``:
+            SGD's momentum, or Adam's beta1 (the first-moment decay; 0.9 is both defaults, ADDA's paper uses 0.5).
         fused: torch's fused optimiser kernel (one call for all parameters; the same update to float rounding;
             1.05-1.1x on the CPU digits step) where every parameter is on the CPU or CUDA and the precision is not
             fp16 (GradScaler); False: torch's per-tensor loop.
@@ -173,8 +174,7 @@ class TransferModule(pl.LightningModule):
             if is_head and not keep_head:
                 continue
             new_state[k] = v
-        head_keys = [k for k in own if k.startswith("classifier.")]
-        head_ok = all(k in new_state for k in head_keys)
+        head_ok = all(k in new_state for k in own if k.startswith("classifier."))
         if not head_ok:  # a new head for a new label set: keep all of the head random
             new_state = {k: v for k, v in new_state.items() if not k.startswith("classifier.")}
         missing = [k for k in own if k.startswith("backbone.") and k not in new_state]
@@ -387,8 +387,9 @@ class TransferModule(pl.LightningModule):
         if not groups:
             raise ValueError("no trainable parameters: everything is frozen")
         params = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
-        sgd = dict(momentum=hp.momentum, nesterov=hp.momentum > 0) if hp.optimizer == "sgd" else {}
-        opt = OPTIMIZERS[hp.optimizer](params, lr=hp.lr, fused=self._fused_ok(params) or None, **sgd)
+        kw = dict(momentum=hp.momentum, nesterov=hp.momentum > 0) if hp.optimizer == "sgd" else \
+            dict(betas=(hp.momentum, 0.999))
+        opt = OPTIMIZERS[hp.optimizer](params, lr=hp.lr, fused=self._fused_ok(params) or None, **kw)
         if hp.scheduler == "none":
             return opt
         if hp.scheduler == "inv":  # no dependence on the run's length

@@ -78,6 +78,27 @@ def test_fused_optimizer_is_the_same_update_and_can_be_turned_off(optimizer):
     assert not torch.equal(fused.classifier.weight, _module(optimizer=optimizer).classifier.weight)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_momentum_is_adams_beta1(optimizer):
+    """``momentum`` is SGD's momentum or Adam's first-moment decay beta1 (ADDA's paper: Adam with beta1 0.5)."""
+    assert _module(optimizer=optimizer).configure_optimizers().defaults["betas"] == (0.9, 0.999)  # torch's default
+    torch.manual_seed(0)
+    m = _module(optimizer=optimizer, momentum=0.5, lr=0.1, fused=False)
+    opt = m.configure_optimizers()
+    assert opt.defaults["betas"] == (0.5, 0.999)
+    w0 = m.classifier.bias.detach().clone()
+    g1, g2 = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([-1.0, 1.0, 2.0])
+    for g in (g1, g2):  # two steps with given gradients on the (undecayed) bias: Adam's update by hand
+        opt.zero_grad()
+        m.classifier.bias.grad = g.clone()
+        opt.step()
+    m1, v1 = 0.5 * 0.5 * g1 + 0.5 * g2, 0.999 * 0.001 * g1 ** 2 + 0.001 * g2 ** 2
+    expected = w0 - 0.1 * g1.sign() - 0.1 * (m1 / (1 - 0.5 ** 2)) / ((v1 / (1 - 0.999 ** 2)).sqrt() + 1e-8)
+    torch.testing.assert_close(m.classifier.bias.detach(), expected)
+    sgd = _module(optimizer="sgd", momentum=0.5).configure_optimizers().defaults
+    assert sgd["momentum"] == 0.5 and sgd["nesterov"] and "betas" not in sgd
+
+
 def test_fp16_precision_keeps_the_per_tensor_optimizer():
     m = _module(optimizer="adam")
     m._trainer = types.SimpleNamespace(precision="16-mixed")
