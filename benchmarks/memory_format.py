@@ -10,6 +10,10 @@ default). Per round, each variant runs ``--steps`` timed training steps (forward
 
     OMP_NUM_THREADS=1 python benchmarks/memory_format.py            # lenet 28x28 batch 256, lenet_bn 16x16 batch 128
     OMP_NUM_THREADS=1 python benchmarks/memory_format.py --optimizer adam     # the builtin / lenet_bn_adam recipes
+    OMP_NUM_THREADS=1 python benchmarks/memory_format.py --optimizer adam --compile   # + torch.compile (inductor)
+
+``--compile`` adds a fourth variant, ``channels_last+fused+compiled``: the same model under ``nn.Module.compile()``
+(inductor's generated C++ on a CPU); its compile time (the first warm-up block's wall time) is reported apart.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="SGD momentum 0.9, or Adam")
+    p.add_argument("--compile", action="store_true", help="also time the channels_last+fused model compiled")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     out = {}
@@ -70,6 +75,14 @@ def main(argv=None) -> int:
         x = torch.randn(batch, 1, side, side, generator=g)
         y = torch.randint(0, 10, (batch,), generator=g)
         variants = {k: make(backbone, side, cl, fused, args.optimizer) for k, (cl, fused) in VARIANTS.items()}
+        compile_s = None
+        if args.compile:
+            model, opt = make(backbone, side, True, True, args.optimizer)
+            model.compile()
+            t0 = time.perf_counter()
+            block(model, opt, x, y, 1)  # the compile happens here, outside the timed blocks
+            compile_s = round(time.perf_counter() - t0, 1)
+            variants["channels_last+fused+compiled"] = (model, opt)
         times = {k: [] for k in variants}
         for r in range(args.rounds):
             order = list(variants) if r % 2 == 0 else list(reversed(variants))
@@ -82,9 +95,14 @@ def main(argv=None) -> int:
         out[case] = {**{f"{k}_ms": round(v, 2) for k, v in med.items()},
                      "speedup": round(med["contiguous"] / med["channels_last"], 2),
                      "speedup_fused": round(med["contiguous"] / med["channels_last+fused"], 2)}
+        if compile_s is not None:
+            out[case].update(compile_s=compile_s,
+                             speedup_compiled=round(med["contiguous"] / med["channels_last+fused+compiled"], 2))
         print(f"{case} ({args.optimizer}): " + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items()) +
               f" per step (thread CPU, median of {args.rounds}): channels_last {out[case]['speedup']:.2f}x, "
-              f"+ fused {out[case]['speedup_fused']:.2f}x", flush=True)
+              f"+ fused {out[case]['speedup_fused']:.2f}x" +
+              (f", + compiled {out[case]['speedup_compiled']:.2f}x (compile {compile_s:.0f} s wall)"
+               if compile_s is not None else ""), flush=True)
     print(json.dumps(out))
     return 0
 
