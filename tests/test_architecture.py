@@ -44,3 +44,17 @@ def test_one_config_hash_and_one_record_reader():
 def test_no_module_in_da_is_over_about_400_lines():
     long = {str(p.relative_to(REPO)): n for p in DA.rglob("*.py") if (n := len(p.read_text().splitlines())) > 420}
     assert long == {}
+
+
+TOP_LEVEL = {".ci", ".gitignore", "README.md", "benchmarks", "configs", "da", "docs", "experiments", "papers",
+             "pyproject.toml", "results", "setup.py", "tests"}
+
+
+def test_the_top_level_holds_only_the_layout():
+    """What git tracks at the top of the repository is the documented layout (a shell redirect once committed a file
+    named after a domain, ``kitchen``, from an unquoted ``books->kitchen``)."""
+    if not (REPO / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    out = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    top = {line.split("/")[0] for line in out.splitlines() if line}
+    assert top <= TOP_LEVEL, sorted(top - TOP_LEVEL)
