@@ -7,6 +7,7 @@ names the sweep directory (``runs/sweeps/<sweep>``) and the options; its records
 
     python results/refresh_readme.py                 # check: which tables differ from their records (exit 1 if any)
     python results/refresh_readme.py --write         # rewrite those tables in README.md from the records
+    python results/refresh_readme.py --readme papers/adda_mnist_usps/README.md --write   # a paper page's tables
 
 After a sweep finished (or grew), pack its records first:
 ``da table runs/sweeps/<sweep> --save-records results/<sweep>.jsonl``.
