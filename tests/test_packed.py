@@ -87,7 +87,7 @@ def test_refresh_rewrites_a_stale_readme_table_from_its_records(stored, tmp_path
     assert refresh.main(["--readme", str(readme), "--results", str(tmp_path)]) == 0
 
 
-def test_every_readme_table_is_rebuilt_byte_for_byte_from_its_shipped_records(capsys):
+def test_every_readme_table_is_rebuilt_byte_for_byte_from_its_shipped_records():
     """Each README table printed by `da table` has its records in results/<sweep>.jsonl (a table without them belongs
     in docs/results_archive.md), and `da table` on those records prints exactly the README's text."""
     tables = readme_tables((REPO / "README.md").read_text())
@@ -95,18 +95,16 @@ def test_every_readme_table_is_rebuilt_byte_for_byte_from_its_shipped_records(ca
     missing = [name for name, _, _ in tables if not (RESULTS / f"{name}.jsonl").is_file()]
     assert not missing, f"README tables without shipped records (results/<sweep>.jsonl): {missing}"
     for name, args, table in tables:
-        assert table_main([str(RESULTS / f"{name}.jsonl"), *args]) == 0
-        assert capsys.readouterr().out == table, f"README table of {name} differs from results/{name}.jsonl"
+        assert refresh.table_from_records(name, args, RESULTS) == table, f"README table of {name} differs from records"
 
 
-def test_papers_tables_with_shipped_records_are_rebuilt_from_them(capsys):
-    """A `papers/*/README.md` table whose sweep has records in results/ prints exactly as written (the others are
-    tables of earlier sessions whose records were not shipped; their pages say so)."""
+def test_papers_tables_with_shipped_records_are_rebuilt_from_them():
+    """A `papers/*/README.md` table whose sweep has records in results/ prints exactly as written (papers/dann_amazon's
+    72-run sweep has no shipped records yet, so its table is not checked)."""
     checked = 0
     for page in sorted((REPO / "papers").glob("*/README.md")):
         for name, args, table in readme_tables(page.read_text()):
             if (RESULTS / f"{name}.jsonl").is_file():
-                assert table_main([str(RESULTS / f"{name}.jsonl"), *args]) == 0
-                assert capsys.readouterr().out == table, f"{page}: table of {name} differs from results/{name}.jsonl"
+                assert refresh.table_from_records(name, args, RESULTS) == table, f"{page}: table of {name} differs"
                 checked += 1
     assert checked >= 1  # papers/adda_mnist_usps from the JDA records
