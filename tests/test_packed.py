@@ -108,3 +108,38 @@ def test_papers_tables_with_shipped_records_are_rebuilt_from_them():
                 assert refresh.table_from_records(name, args, RESULTS) == table, f"{page}: table of {name} differs"
                 checked += 1
     assert checked >= 1  # papers/adda_mnist_usps from the JDA records
+
+
+def _packed(path, rows):
+    """rows: (task, method, seed, target accuracy in [0, 1]) -> a packed records file."""
+    write_packed(path, [{"schema": 1, "status": "finished", "task": t, "method": m, "seed": s, "config_hash": None,
+                         "metrics": {"test/target_acc": a}} for t, m, s, a in rows])
+
+
+def test_help_where_table_from_hand_made_records(tmp_path):
+    """JDA means per direction with the difference from ERM, the Amazon mean of complete seeds' pair means, pairs
+    above ERM's per-pair mean, ``n=`` below 3 seeds, rows by the JDA mean (best first), Amazon-only rows last."""
+    mu, um = refresh.JDA_TASKS
+    _packed(tmp_path / "jda_tllib.jsonl",
+            [(mu, "erm", s, a) for s, a in enumerate((0.80, 0.82, 0.84))]
+            + [(um, "erm", s, a) for s, a in enumerate((0.60, 0.70, 0.80))]
+            + [(mu, "dann", 0, 0.90), (mu, "dann", 1, 0.92), (um, "dann", 0, 0.95), (um, "dann", 1, 0.97)]
+            + [(mu, "mcc", s, 0.95) for s in range(3)] + [(um, "mcc", s, 0.99) for s in range(3)])
+    pairs = [f"amazon/{i}" for i in range(12)]
+    _packed(tmp_path / "amazon_dann_methods.jsonl",
+            [(t, "erm", s, 0.75) for t in pairs for s in range(3)]
+            + [(t, "dann", s, 0.80 if i < 4 else 0.70) for i, t in enumerate(pairs) for s in range(3)]
+            + [(t, "coral", 0, 0.76) for t in pairs] + [(pairs[0], "coral", 1, 0.99)])  # seed 1 incomplete
+    lines = refresh.help_where_table(tmp_path).splitlines()
+    assert lines[2:] == [
+        "| erm | 82.0 | 70.0 | 75.0 | — |",
+        "| mcc | 95.0 (+13.0) | 99.0 (+29.0) | — | — |",
+        "| dann | 91.0 (+9.0) n=2 | 96.0 (+26.0) n=2 | 73.3 (-1.7) | 4 / 12 |",
+        "| coral | — | — | 76.0 (+1.0) n=1 | 12 / 12 |"]
+
+
+def test_readme_help_where_table_is_rebuilt_from_the_shipped_records():
+    text = (REPO / "README.md").read_text()
+    span = refresh.help_where_span(text)
+    assert span is not None, "README.md lost its help-where markers"
+    assert text[span[0]:span[1]] == refresh.help_where_table(RESULTS)
