@@ -164,11 +164,12 @@ def test_methods_axis_adds_each_methods_loss_terms_to_the_transfer(monkeypatch):
     cfg = yaml.safe_load((EXP / "blobs_methods.yaml").read_text())
     settings = expand_settings(cfg)
     names = [s.name for s in settings]
-    assert names[:3] == ["label_noise/0%", "label_noise/0%+dann", "label_noise/0%+mmd"] and len(settings) == 4 * 8
-    assert {s.method for s in settings} == {"erm", "dann", "mmd", "coral", "mcc", "ent", "im", "bnm"}
+    assert names[:3] == ["label_noise/0%", "label_noise/0%+dann", "label_noise/0%+mmd"] and len(settings) == 4 * 12
+    assert {s.method for s in settings} == {"erm", "dann", "mmd", "coral", "mcc", "ent", "im", "bnm", "cdan", "bsp",
+                                            "afn", "mdd"}
     cfg.update(seeds=1, steps=20)
     jobs = mod.plan(cfg, settings)
-    assert sum(k == "transfer" for k, _, _ in jobs) == 32 and sum(k == "source_only" for k, _, _ in jobs) == 4
+    assert sum(k == "transfer" for k, _, _ in jobs) == 48 and sum(k == "source_only" for k, _, _ in jobs) == 4
     assert mod.method_losses("erm") == []
     (dann,) = mod.method_losses("dann")
     assert isinstance(dann, DomainAdversarialLoss)
