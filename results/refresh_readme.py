@@ -23,11 +23,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import re
 import shlex
 import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
+
+from da.experiments.tables import mean_std
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results"
@@ -65,61 +68,69 @@ HELP_WHERE = ("<!-- help-where: written by results/refresh_readme.py from result
 JDA_TASKS = ("jda/mnist->jda/usps", "jda/usps->jda/mnist")
 
 
-def _target_acc(path: Path) -> Dict[str, Dict[Tuple[str, int], float]]:
-    """method -> (task, seed) -> final test/target_acc in %, finished runs only."""
+def _selected(path: Path) -> Dict[str, Dict[Tuple[str, int], float]]:
+    """method -> (task, seed) -> test/target_acc in %, of the run ``da table`` selects per seed (source-val)."""
+    from da.experiments.selection import select_runs
     from da.runs.packed import read_packed
 
     out: Dict[str, Dict[Tuple[str, int], float]] = {}
-    for r in read_packed(path):
-        if r["status"] == "finished":
-            out.setdefault(r["method"], {})[(r["task"], r["seed"])] = 100 * r["metrics"]["test/target_acc"]
+    for pick in select_runs(read_packed(path)).picks:
+        if pick.value is not None and math.isfinite(pick.value):
+            out.setdefault(pick.method, {})[(pick.task, pick.seed)] = 100 * pick.value
     return out
+
+
+def _per_task(runs: Dict[Tuple[str, int], float]) -> Dict[str, Tuple[float, int]]:
+    """task -> (mean over seeds, number of seeds)."""
+    by_task: Dict[str, List[float]] = {}
+    for (task, _), x in runs.items():
+        by_task.setdefault(task, []).append(x)
+    return {t: (mean_std(v)[0], len(v)) for t, v in by_task.items()}
+
+
+def _mean_of_complete_seeds(runs: Dict[Tuple[str, int], float], tasks: List[str]) -> Tuple[float, int]:
+    """(mean over seeds of each seed's mean over ``tasks``, number of seeds), seeds that ran every task only."""
+    by_seed: Dict[int, List[float]] = {}
+    for (_, seed), x in runs.items():
+        by_seed.setdefault(seed, []).append(x)
+    means = [mean_std(v)[0] for v in by_seed.values() if len(v) == len(tasks)]
+    return (mean_std(means)[0], len(means)) if means else (math.nan, 0)
 
 
 def help_where_table(results: Path = RESULTS, baseline: str = "erm") -> str:
     """Markdown: per method, its JDA M->U and U->M target accuracy (mean over seeds), its Amazon mean over the 12
     pairs (the mean over seeds of each seed's 12-pair mean, complete seeds only) and on how many Amazon pairs its
     mean over seeds is above the baseline's; differences from the baseline's means in brackets, ``n=`` where fewer
-    than 3 seeds ran. Rows by the mean of the two JDA directions, best first; methods without JDA runs last."""
-    from statistics import mean
-
-    jda, amazon = _target_acc(results / "jda_tllib.jsonl"), _target_acc(results / "amazon_dann_methods.jsonl")
+    seeds ran than the baseline has. Rows by the mean of the two JDA directions, best first; methods without JDA
+    runs last. Per seed, the run ``da table`` selects (the same cells as the README's tables)."""
+    jda, amazon = _selected(results / "jda_tllib.jsonl"), _selected(results / "amazon_dann_methods.jsonl")
     pairs = sorted({t for runs in amazon.values() for t, _ in runs})
+    jda_cells = {m: _per_task(runs) for m, runs in jda.items()}
+    amazon_cells = {m: _per_task(runs) for m, runs in amazon.items()}
+    amazon_means = {m: _mean_of_complete_seeds(runs, pairs) for m, runs in amazon.items()}
+    full = max(n for _, n in jda_cells[baseline].values())
 
-    def cell_mean(runs: Dict[Tuple[str, int], float], task: str) -> Tuple[float, int]:
-        v = [x for (t, _), x in runs.items() if t == task]
-        return (mean(v), len(v)) if v else (float("nan"), 0)
-
-    def amazon_mean(runs: Dict[Tuple[str, int], float]) -> Tuple[float, int]:
-        by_seed: Dict[int, Dict[str, float]] = {}
-        for (t, s), x in runs.items():
-            by_seed.setdefault(s, {})[t] = x
-        means = [mean(v.values()) for v in by_seed.values() if len(v) == len(pairs)]
-        return (mean(means), len(means)) if means else (float("nan"), 0)
-
-    base_jda = [cell_mean(jda[baseline], t)[0] for t in JDA_TASKS]
-    base_amazon = amazon_mean(amazon[baseline])[0]
-    base_pair = {t: cell_mean(amazon[baseline], t)[0] for t in pairs}
-
-    def fmt(v: float, n: int, ref: float, is_base: bool) -> str:
-        if v != v:
+    def fmt(cell: Tuple[float, int], ref: float, is_base: bool) -> str:
+        v, n = cell
+        if not n:
             return "—"
-        return (f"{v:.1f}" if is_base else f"{v:.1f} ({v - ref:+.1f})") + ("" if n in (0, 3) else f" n={n}")
+        return (f"{v:.1f}" if is_base else f"{v:.1f} ({v - ref:+.1f})") + ("" if n == full else f" n={n}")
 
-    def jda_key(m: str) -> float:
-        v = [cell_mean(jda.get(m, {}), t)[0] for t in JDA_TASKS]
-        return -(v[0] + v[1]) / 2 if v[0] == v[0] and v[1] == v[1] else float("inf")
+    def jda_mean(m: str) -> float:
+        cells = jda_cells.get(m, {})
+        return mean_std([cells[t][0] for t in JDA_TASKS])[0] if all(t in cells for t in JDA_TASKS) else -math.inf
 
-    methods = sorted(set(jda) | set(amazon), key=lambda m: (m != baseline, jda_key(m), m))
-    lines = ["| method | JDA M→U | JDA U→M | Amazon, 12-pair mean | Amazon pairs above source-only (any margin) |",
-             "|---|---:|---:|---:|---:|"]
+    methods = sorted(set(jda) | set(amazon), key=lambda m: (m != baseline, -jda_mean(m), m))
+    none = (math.nan, 0)
+    lines = [f"| method | JDA M→U | JDA U→M | Amazon, {len(pairs)}-pair mean | Amazon pairs above source-only (any "
+             f"margin) |", "|---|---:|---:|---:|---:|"]
     for m in methods:
         is_base = m == baseline
-        cells = [fmt(v, n, ref, is_base) if m in jda else "—"
-                 for (v, n), ref in zip((cell_mean(jda.get(m, {}), t) for t in JDA_TASKS), base_jda)]
-        am = fmt(*amazon_mean(amazon[m]), base_amazon, is_base) if m in amazon else "—"
+        cells = [fmt(jda_cells.get(m, {}).get(t, none), jda_cells[baseline][t][0], is_base) for t in JDA_TASKS]
+        am = fmt(amazon_means.get(m, none), amazon_means[baseline][0], is_base)
         above = ("—" if is_base or m not in amazon else
-                 f"{sum(cell_mean(amazon[m], t)[0] > base_pair[t] for t in pairs)} / {len(pairs)}")
+                 f"{sum(amazon_cells[m][t][0] > amazon_cells[baseline][t][0] for t in pairs if t in amazon_cells[m])}"
+                 f" / {len(pairs)}")
         lines.append(f"| {m} | {cells[0]} | {cells[1]} | {am} | {above} |")
     return "\n".join(lines) + "\n"
 
@@ -144,30 +155,25 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     path, results = Path(args.readme), Path(args.results)
     text = path.read_text()
-    stale = []
-    for name, targs, table, span in reversed(readme_tables(text)):  # from the end: spans stay valid
-        if not (results / f"{name}.jsonl").is_file():
-            print(f"{name}: no results/{name}.jsonl (pack it: da table runs/sweeps/{name} --save-records "
-                  f"results/{name}.jsonl)")
-            stale.append(name)
-            continue
-        fresh = table_from_records(name, targs, results)
-        if fresh != table:
-            stale.append(name)
-            print(f"{name}: differs from results/{name}.jsonl" + (" (rewritten)" if args.write else ""))
-            if args.write:
-                text = text[:span[0]] + fresh + text[span[1]:]
-        else:
-            print(f"{name}: up to date")
+    blocks = []  # (name, span, what the records give; None where they are not shipped, where they come from)
+    for name, targs, _, span in readme_tables(text):
+        have = (results / f"{name}.jsonl").is_file()
+        blocks.append((name, span, table_from_records(name, targs, results) if have else None,
+                       f"results/{name}.jsonl"))
     span = help_where_span(text)
     if span is not None:
-        fresh = help_where_table(results)
-        if text[span[0]:span[1]] != fresh:
-            stale.append("help-where")
-            print("help-where: differs from the records" + (" (rewritten)" if args.write else ""))
-            text = text[:span[0]] + fresh + text[span[1]:]
+        blocks.append(("help-where", span, help_where_table(results), "the JDA and Amazon records"))
+    stale = []
+    for name, span, fresh, source in sorted(blocks, key=lambda b: b[1], reverse=True):  # from the end: spans stay valid
+        if fresh is None:
+            print(f"{name}: no {source} (pack it: da table runs/sweeps/{name} --save-records {source})")
+        elif fresh == text[span[0]:span[1]]:
+            print(f"{name}: up to date")
+            continue
         else:
-            print("help-where: up to date")
+            print(f"{name}: differs from {source}" + (" (rewritten)" if args.write else ""))
+            text = text[:span[0]] + fresh + text[span[1]:]
+        stale.append(name)
     if args.write:
         path.write_text(text)
         return 0
