@@ -14,6 +14,11 @@ default). Per round, each variant runs ``--steps`` timed training steps (forward
 
 ``--compile`` adds a fourth variant, ``channels_last+fused+compiled``: the same model under ``nn.Module.compile()``
 (inductor's generated C++ on a CPU); its compile time (the first warm-up block's wall time) is reported apart.
+``--bf16`` adds ``channels_last+fused+bf16``: the same model's step under ``torch.autocast("cpu", torch.bfloat16)``
+(what ``--trainer.precision bf16-mixed`` does on a CPU). It pays only where the CPU has bfloat16 instructions
+(``avx512_bf16`` / ``amx_bf16`` in ``/proc/cpuinfo``, printed with the result); elsewhere oneDNN emulates them.
+
+    OMP_NUM_THREADS=1 python benchmarks/memory_format.py --optimizer adam --bf16 --cases lenet_bn_16px_b128
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from da.module import TransferModule  # noqa: E402
+from da.runs.preflight import cpu_bf16_flags  # noqa: E402
 
 CASES = {  # name: (backbone, input side, batch = source + target)
     "lenet_28px_b256": ("lenet", 28, 256),
@@ -66,6 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="SGD momentum 0.9, or Adam")
     p.add_argument("--compile", action="store_true", help="also time the channels_last+fused model compiled")
+    p.add_argument("--bf16", action="store_true", help="also time the channels_last+fused step under bf16 autocast")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     out = {}
@@ -83,14 +90,17 @@ def main(argv=None) -> int:
             block(model, opt, x, y, 1)  # the compile happens here, outside the timed blocks
             compile_s = round(time.perf_counter() - t0, 1)
             variants["channels_last+fused+compiled"] = (model, opt)
+        if args.bf16:
+            variants["channels_last+fused+bf16"] = make(backbone, side, True, True, args.optimizer)
         times = {k: [] for k in variants}
         for r in range(args.rounds):
             order = list(variants) if r % 2 == 0 else list(reversed(variants))
             for name in order:
                 model, opt = variants[name]
-                if args.warmup:
-                    block(model, opt, x, y, args.warmup)
-                times[name].append(block(model, opt, x, y, args.steps))
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name.endswith("+bf16")):
+                    if args.warmup:
+                        block(model, opt, x, y, args.warmup)
+                    times[name].append(block(model, opt, x, y, args.steps))
         med = {k: statistics.median(v) for k, v in times.items()}
         out[case] = {**{f"{k}_ms": round(v, 2) for k, v in med.items()},
                      "speedup": round(med["contiguous"] / med["channels_last"], 2),
@@ -98,11 +108,16 @@ def main(argv=None) -> int:
         if compile_s is not None:
             out[case].update(compile_s=compile_s,
                              speedup_compiled=round(med["contiguous"] / med["channels_last+fused+compiled"], 2))
+        if args.bf16:
+            out[case].update(speedup_bf16=round(med["contiguous"] / med["channels_last+fused+bf16"], 2),
+                             cpu_bf16=cpu_bf16_flags())
         print(f"{case} ({args.optimizer}): " + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items()) +
               f" per step (thread CPU, median of {args.rounds}): channels_last {out[case]['speedup']:.2f}x, "
               f"+ fused {out[case]['speedup_fused']:.2f}x" +
               (f", + compiled {out[case]['speedup_compiled']:.2f}x (compile {compile_s:.0f} s wall)"
-               if compile_s is not None else ""), flush=True)
+               if compile_s is not None else "") +
+              (f", + bf16 {out[case]['speedup_bf16']:.2f}x (CPU bf16 flags: {out[case]['cpu_bf16'] or 'none'})"
+               if args.bf16 else ""), flush=True)
     print(json.dumps(out))
     return 0
 

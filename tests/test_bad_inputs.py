@@ -279,6 +279,21 @@ def test_trainer_checks_allow_every_bounded_run():
         assert cfg == keep
 
 
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch):
+    from da.runs import preflight
+
+    cfg = {"max_steps": 30, "precision": "bf16-mixed", "accelerator": "cpu"}
+    monkeypatch.setattr(preflight, "cpu_bf16_flags", lambda: "")
+    with pytest.warns(UserWarning, match="without bfloat16 instructions.*32-true"):
+        preflight.check_trainer_args(dict(cfg), "fit")
+    for flags, other in (("avx512_bf16", {}), ("", {"precision": "32-true"}), ("", {"accelerator": "gpu"}),
+                         (None, {})):  # None: no /proc/cpuinfo to tell
+        monkeypatch.setattr(preflight, "cpu_bf16_flags", lambda flags=flags: flags)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            preflight.check_trainer_args({**cfg, **other}, "fit")
+
+
 def test_config_paths_and_inline_yaml(fx):
     from da.runs.preflight import check_config_files, config_paths
 

@@ -234,3 +234,88 @@ def test_a_signal_stops_an_in_process_sweep_and_leaves_the_run_resumable(tmp_pat
     # interrupted, not failed: resumed from last.ckpt when a validation wrote one, else run again
     resumable = "resume" if (first / "checkpoints" / "last.ckpt").is_file() else "run"
     assert decide(first) == ("interrupted", resumable)
+
+
+KILLER = textwrap.dedent("""
+    import os
+    import torch
+
+    class Net(torch.nn.Module):
+        '''A backbone whose construction kills the process, as the kernel's OOM killer would a worker.'''
+
+        def __init__(self, **kwargs):
+            super().__init__()
+            os._exit(9)
+""")
+
+TINY_RUN = ("trainer: {max_steps: 10, val_check_interval: 10, enable_progress_bar: false, enable_model_summary: false,"
+            " accelerator: cpu}\nmodel: {backbone: mlp, backbone_args: {hidden: [8]}}\n"
+            "data: {sources: [blobs/0], target: blobs/1, batch_size: 16}\n")
+
+
+def _sweep_cli(tmp_path: Path, sweep: Path, *extra: str) -> list:
+    return [sys.executable, "-m", "da.cli", "sweep", str(sweep), "--launcher", "inprocess", "--out",
+            str(tmp_path / "out"), *extra]
+
+
+def test_inprocess_jobs_share_the_runs_out_and_a_dying_worker_takes_only_its_run(tmp_path):
+    """`--launcher inprocess --jobs 2`: two worker processes run each run once; one whose worker is killed (os._exit
+    in its backbone, as the OOM killer would) gets a failed record saying so, its worker is replaced, the others
+    finish, and the workers' output is kept for a look; a sweep without deaths leaves no worker files behind."""
+    (tmp_path / "killer.py").write_text(KILLER)
+    (tmp_path / "base.yaml").write_text(TINY_RUN)
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("name: s\nbase: [base.yaml]\ngrid:\n  - {model.lr: [0.01, 0.02, 0.03]}\n"
+                     "  - {model.lr: [0.01], model.backbone: [killer.Net]}\nseeds: [0]\n")
+    env = {**ENV, "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}
+    env.pop("OMP_NUM_THREADS")  # the launcher sets each worker's share (2 cores // 2 jobs here: 1)
+    proc = subprocess.run(_sweep_cli(tmp_path, sweep, "--jobs", "2"), cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "4 launched: 3 finished, 1 failed" in proc.stderr
+    runs = [d for d in (tmp_path / "out" / "s").iterdir() if d.is_dir() and not d.name.startswith(".")]
+    records = {d.name: json.loads((d / "result.json").read_text()) for d in runs}
+    assert sorted(r["status"] for r in records.values()) == ["failed", "finished", "finished", "finished"]
+    for d in runs:  # each run was started once, by one worker
+        assert (d / "sweep.log").read_text().count("(in process) da fit") == 1, d.name
+    (dead,) = [r for r in records.values() if r["status"] == "failed"]
+    assert dead["error"].splitlines()[-1].endswith("died with status 9 while training this run")
+    assert f"FAILED {dead['config_hash']}: da sweep: its worker process" in proc.stderr
+    workers = tmp_path / "out" / "s" / ".workers"
+    assert len(list(workers.glob("*.log"))) == 2 and "exited with status 9" in proc.stderr
+
+    sweep.write_text("name: t\nbase: [base.yaml]\ngrid: {model.lr: [0.01, 0.02]}\nseeds: [0]\n")
+    proc = subprocess.run(_sweep_cli(tmp_path, sweep, "--jobs", "2"), cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 launched: 2 finished, 0 failed" in proc.stderr
+    assert not (tmp_path / "out" / "t" / ".workers").exists()
+
+
+def test_sigterm_stops_an_inprocess_jobs_sweep_its_workers_and_leaves_both_runs_resumable(tmp_path):
+    from da.runs.lifecycle import decide
+
+    (tmp_path / "base.yaml").write_text(TINY_RUN.replace("max_steps: 10", "max_steps: 400").replace(
+        "accelerator: cpu}", "accelerator: cpu, callbacks: [{class_path: tests.test_faults.SleepEveryStep}]}"))
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("name: s\nbase: [base.yaml]\ngrid: {model.lr: [0.001, 0.002, 0.003]}\nseeds: [0]\n")
+    proc = subprocess.Popen(_sweep_cli(tmp_path, sweep, "--jobs", "2"), cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, training = time.time() + 120, []
+    while time.time() < deadline and len(training) < 2:  # until both workers are training (metrics rows)
+        training = [d for d in (tmp_path / "out" / "s").glob("[0-9a-f]*")
+                    if any(len(p.read_text().splitlines()) > 1 for p in d.glob("**/metrics.csv"))]
+        time.sleep(0.2)
+    assert len(training) == 2, "the two workers did not both start a run"
+    holders = [locks.holder(d) for d in training]
+    assert None not in holders and len(set(holders)) == 2 and proc.pid not in holders  # two workers, not the sweep
+    os.kill(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert "interrupted; run the same command again" in err
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(p) for p in holders):
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in holders), "a worker outlived its sweep"
+    for d in training:
+        assert decide(d)[0] == "interrupted"

@@ -22,6 +22,7 @@ import yaml
 from da.runs import config as C
 from da.runs import lifecycle
 from da.runs.sweep import launchers as L
+from da.runs.sweep import local as local_launcher
 from da.runs.sweep import plan as P
 from da.runs.sweep import references as R
 from da.runs.sweep import spec as S
@@ -40,7 +41,8 @@ FAKE_FIT = textwrap.dedent(
     cfg = yaml.safe_load(open(cfg_path))
     with open(os.environ["FAKE_LOG"], "a") as f:
         f.write(json.dumps({"run": os.path.basename(run_dir), "resume": resume,
-                            "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                            "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "t": time.time(),
+                            "threads": os.environ.get("OMP_NUM_THREADS"),
                             "group": os.environ.get("WANDB_RUN_GROUP"),
                             "init_from": cfg["model"].get("init_from"),
                             "init_exists": os.path.isfile(str(cfg["model"].get("init_from")))}) + "\\n")
@@ -534,6 +536,59 @@ def test_local_gpus_launcher_gives_each_run_one_gpu(project):
                           launcher=L.LocalGPUsLauncher(gpus=[3, 5]))
     assert summary.finished == 8
     assert sorted({c["gpu"] for c in calls(project)}) == ["3", "5"]
+
+
+def test_thread_env_gives_each_run_its_share_of_the_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(local_launcher, "usable_cores", lambda: 8)
+    assert L.thread_env(1) == {}  # one run at a time: torch's own default
+    assert L.thread_env(2) == {"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}
+    assert L.thread_env(3)["OMP_NUM_THREADS"] == "2" and L.thread_env(16)["OMP_NUM_THREADS"] == "1"
+    assert L.thread_env(2, threads=3)["MKL_NUM_THREADS"] == "3"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's choice is kept
+    assert L.thread_env(4) == {}
+    with pytest.raises(ValueError, match="jobs must be a whole number >= 1"):
+        L.LocalLauncher(jobs=0)
+
+
+def test_local_jobs_runs_n_at_once_each_with_its_threads(project, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(local_launcher, "usable_cores", lambda: 4)
+    monkeypatch.setenv("FAKE_SLEEP", "1.0")
+    summary = P.run_sweep(sweep_spec(seeds=[0]), out="out", command_builder=fake_builder(project),
+                          launcher=L.make_launcher("local", jobs=2))
+    assert summary.finished == 4 and not summary.failed
+    runs = sorted(calls(project), key=lambda c: c["t"])
+    assert [c["threads"] for c in runs] == ["2"] * 4
+    assert len({c["run"] for c in runs}) == 4  # each run once
+    assert runs[1]["t"] - runs[0]["t"] < 1.0  # the second started while the first slept: two at once
+
+
+def test_merge_outcomes_of_the_workers_reports():
+    assert L.merge_outcomes(["busy", "finished"]) == "finished"  # the worker that ran it, and one that found it held
+    assert L.merge_outcomes(["skipped", "failed"]) == "failed"
+    assert L.merge_outcomes(["busy", "skipped"]) == "skipped"  # finished by one worker before the other reached it
+    assert L.merge_outcomes(["busy", "busy"]) == "busy"  # every worker found it held: another sweep has it
+    with pytest.raises(ValueError):
+        L.merge_outcomes([])
+
+
+def test_inprocess_jobs_needs_jobs_that_pickle(project):
+    """The workers get the jobs by pickle: a closure as command builder is refused up front, with the fix."""
+    with pytest.raises(TypeError, match="module-level command_builder, or jobs=1"):
+        P.run_sweep(sweep_spec(seeds=[0]), out="out", command_builder=fake_builder(project),
+                    launcher=L.make_launcher("inprocess", jobs=2))
+    assert calls(project) == []
+
+
+def test_jobs_is_refused_where_the_launcher_has_its_own_parallelism(project):
+    from da.runs.sweep.command import sweep_main
+
+    (project / "s.yaml").write_text("name: s\nbase: [configs/base.yaml]\ngrid: {model.lr: [0.1]}\nseeds: [0]\n")
+    with pytest.raises(SystemExit, match="--jobs is for the local and inprocess launchers.*--gpus"):
+        sweep_main(["s.yaml", "--launcher", "local-gpus", "--jobs", "2"])
+    with pytest.raises(SystemExit, match="--jobs must be >= 1"):
+        sweep_main(["s.yaml", "--jobs", "0"])
 
 
 def test_unknown_launcher_and_missing_submitit():

@@ -96,10 +96,13 @@ def check_trainer_args(trainer: Dict[str, Any], subcommand: Optional[str]) -> No
     * ``max_steps == -1`` and ``max_epochs == -1`` without ``max_time``: the run would never end;
     * an integer ``val_check_interval`` larger than ``max_steps`` (with ``check_val_every_n_epoch=None``, so it counts
       steps): there would be no validation, no ``val/*`` metric and no ``best.ckpt``; it is set to ``max_steps``
-      (validate once, at the end) with a warning.
+      (validate once, at the end) with a warning;
+    * bf16 precision on a CPU without bfloat16 instructions (:func:`cpu_bf16_flags`): a warning, since oneDNN then
+      emulates them and the run is slower than ``32-true`` (on a CPU that has them it is faster: benchmarks/README.md).
     """
     if subcommand != "fit":
         return
+    _warn_emulated_bf16(trainer)
     steps, epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
     steps = -1 if steps is None else steps
     if steps == 0 or steps < -1:
@@ -120,6 +123,33 @@ def check_trainer_args(trainer: Dict[str, Any], subcommand: Optional[str]) -> No
                       f"validating once, at the end, instead (so the run has val/* metrics and best.ckpt)",
                       UserWarning, stacklevel=2)
         trainer["val_check_interval"] = steps
+
+
+def cpu_bf16_flags() -> Optional[str]:
+    """The CPU's bfloat16 instruction flags from Linux ``/proc/cpuinfo`` (``"avx512_bf16 amx_bf16"``; ``""``: none),
+    or ``None`` where that file is not there to tell."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return " ".join(f for f in flags if "bf16" in f)
+
+
+def _warn_emulated_bf16(trainer: Dict[str, Any]) -> None:
+    precision = str(trainer.get("precision") or "")
+    accelerator = str(trainer.get("accelerator") or "auto")
+    if not precision.startswith("bf16") or accelerator not in ("cpu", "auto"):
+        return
+    if accelerator == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return
+    if cpu_bf16_flags() == "":
+        warnings.warn(f"trainer.precision={precision} on a CPU without bfloat16 instructions (no avx512_bf16 / "
+                      "amx_bf16 in /proc/cpuinfo): they are emulated, so this run is slower than with "
+                      "--trainer.precision 32-true", UserWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -45,6 +45,9 @@ def sweep_parser() -> argparse.ArgumentParser:
                    "cost per run, for many small runs); local-gpus: one run per GPU in parallel; slurm: submitit jobs; "
                    "ddp: one run at a time with Lightning's multi-GPU/multi-node DDP (set trainer.devices / "
                    "trainer.num_nodes with --set)")
+    p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
+                   help="local / inprocess: N runs at once on this machine, each with cores/N threads "
+                   "(OMP_NUM_THREADS, unless you set it); inprocess uses N worker processes (default 1)")
     p.add_argument("--gpus", default=None, help="GPU ids for local-gpus, e.g. 0,1 (default: all visible)")
     p.add_argument("--slurm", nargs="+", action="extend", metavar="KEY=VALUE",
                    help="submitit parameters, e.g. timeout_min=120 slurm_partition=gpu gpus_per_node=1")
@@ -88,6 +91,14 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
         from da.runs.sweep.launchers import make_launcher
 
         options = {}
+        if args.jobs != 1:
+            if args.jobs < 1:
+                raise SystemExit(f"da sweep: --jobs must be >= 1, got {args.jobs}")
+            if args.launcher not in ("local", "inprocess"):
+                raise SystemExit(f"da sweep: --jobs is for the local and inprocess launchers (runs at once on this "
+                                 f"machine's CPU); {args.launcher} sets its own parallelism"
+                                 + (" (one run per GPU: --gpus)" if args.launcher == "local-gpus" else ""))
+            options["jobs"] = args.jobs
         if args.launcher == "local-gpus" and args.gpus:
             options["gpus"] = [g.strip() for g in args.gpus.split(",") if g.strip()]
         if args.launcher == "slurm":

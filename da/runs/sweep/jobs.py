@@ -274,18 +274,25 @@ def unfinished(run_dirs) -> list[str]:
     return [d for d in run_dirs if run_status(d) != "finished"]
 
 
-def claim(job: Job) -> Optional[str]:
+def claim(job: Job, abandoned: Optional[Callable[[Job], bool]] = None) -> Optional[str]:
     """Make the job's run directory, take its lock and decide again what to do with it.
 
     ``None``: this process now holds the run and the job's command is (re)built from the decision; otherwise the
     lock is not kept and the job's outcome is returned: ``busy`` (another live process holds the directory),
     ``skipped`` (it finished meanwhile), ``skip-failed`` (it failed meanwhile; rerun with ``--retry-failed``) or
     ``waiting`` (a run it starts from, ``job.needs``, has not finished; named in ``job.info["waiting_for"]``).
+
+    ``abandoned(job)`` (the workers of ``inprocess --jobs N``): True when another worker of this sweep claimed the
+    run before and died in it (the sweep gives it a failed record); it is reported ``busy`` rather than run again, so
+    one crash is not repeated by every worker.
     """
     Path(job.run_dir).mkdir(parents=True, exist_ok=True)
     if locks.try_lock(job.run_dir) is None:
         return BUSY
     _, action = decide(job.run_dir, job.retry_failed)
+    if abandoned is not None and action not in ("skip", "skip-failed") and abandoned(job):
+        locks.release(job.run_dir)
+        return BUSY
     if action in ("skip", "skip-failed"):
         locks.release(job.run_dir)
         return SKIPPED if action == "skip" else SKIPPED_FAILED

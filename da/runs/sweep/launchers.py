@@ -1,8 +1,10 @@
 """Launchers: how a sweep's runs are executed.
 
-- ``local``: one run after another, each a subprocess (``da fit ...``), output in ``<run_dir>/sweep.log``.
+- ``local``: one run after another, each a subprocess (``da fit ...``), output in ``<run_dir>/sweep.log``;
+  ``jobs=N`` (``--jobs N``): N at once, each with ``cores // N`` threads.
 - ``inprocess``: one run after another inside the ``da sweep`` process (no start-up cost per run: for many small
-  runs).
+  runs); ``jobs=N``: N worker processes, each running its share of the runs in process with ``cores // N``
+  threads (the run locks share the runs out).
 - ``local-gpus``: one run per visible GPU in parallel; each subprocess sees one GPU through
   ``CUDA_VISIBLE_DEVICES`` (``gpus=[0, 1]`` or ``--gpus 0,1``; default: every GPU torch sees).
 - ``slurm``: each run a SLURM job through submitit (``pip install 'da[slurm]'``); ``wait=True`` blocks
@@ -15,169 +17,26 @@
 Every launcher runs a :class:`~da.runs.sweep.jobs.Job` through :func:`~da.runs.sweep.jobs.execute_job`, which owns
 the bookkeeping (claiming the run directory's lock, children that die with the sweep, the failed record). The command is
 built by an injectable ``command_builder(run_dir, resume) -> argv`` (:func:`fit_command` by default), so
-tests drive launchers with a fake command.
+tests drive launchers with a fake command. ``local`` lives in :mod:`da.runs.sweep.local`, ``inprocess`` in
+:mod:`da.runs.sweep.inprocess`; this module holds the others and the registry (:func:`make_launcher`).
 """
 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import queue
-import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from da.errors import unknown_name
-from da.runs import locks
-from da.runs.lifecycle import da_command, fit_argv, interrupt_in_chain
-from da.runs.sweep.jobs import (LOG_FILE, WAITING, Job, Progress, _now, claim, execute_job, record_outcome,
-                                record_signature, stop_all, unfinished)
-from da.runs.sweep.plan import SWEEP_CONFIG_FILE
+from da.runs.sweep.inprocess import WORKERS_DIR, InProcessLauncher, merge_outcomes
+from da.runs.sweep.jobs import WAITING, Job, Progress, _now, execute_job, record_outcome, record_signature, unfinished
+from da.runs.sweep.local import LocalLauncher, fit_command, run_pool, thread_env, usable_cores
 
-
-def fit_command(run_dir: str | Path, resume: bool) -> list[str]:
-    """``da fit --config <run_dir>/sweep_config.yaml --run_dir <run_dir> [--ckpt_path last]``, run with
-    this Python interpreter (:func:`~da.runs.lifecycle.da_command`)."""
-    run_dir = Path(run_dir)
-    return [*da_command(), *fit_argv(["--config", str(run_dir / SWEEP_CONFIG_FILE)], run_dir, resume)]
-
-
-class LocalLauncher:
-    """Runs jobs one after another in this machine's subprocesses (also the ``ddp`` launcher)."""
-
-    name = "local"
-
-    @staticmethod
-    def execute(job: Job) -> str:
-        return execute_job(job)
-
-    #: seconds between looks at a run that another process is training and a waiting job starts from
-    poll_s = 10.0
-
-    def run(self, jobs: Sequence[Job], progress: Progress) -> list[str]:
-        """Each job in order; then the jobs left waiting for a run they start from: started once it has finished,
-        waited for while another live process trains it (two sweeps on one folder), given up when it is neither
-        (failed, or not started anywhere: reported as waiting)."""
-        statuses = [self._one(job, progress) for job in jobs]
-        waiting = [i for i, s in enumerate(statuses) if s == WAITING]
-        while waiting:
-            left = {i: unfinished(jobs[i].needs) for i in waiting}
-            ready = [i for i in waiting if not left[i]]
-            for i in ready:
-                progress.waiting -= 1
-                statuses[i] = self._one(jobs[i], progress)
-            blocked = [i for i in waiting if left[i] and any(locks.held_elsewhere(d) for d in left[i])]
-            if not ready and not blocked:
-                break
-            if not ready:
-                time.sleep(self.poll_s)
-            waiting = [i for i, s in enumerate(statuses) if s == WAITING and (i in blocked or i in ready)]
-        return statuses
-
-    def _one(self, job: Job, progress: Progress) -> str:
-        progress.start(job)
-        try:
-            status = self.execute(job)
-        except BaseException:
-            progress.end(job, "interrupted")
-            raise
-        progress.end(job, status)
-        return status
-
-
-class InProcessLauncher(LocalLauncher):
-    """Runs jobs one after another inside this Python process (``da.cli.run_cli``), output in ``sweep.log``.
-
-    For sweeps of many small runs (feature-vector heads, toy tasks) where starting a Python process with torch and
-    Lightning costs more than the training itself. Each run re-seeds everything from its config; a run that raises is
-    recorded as failed like a subprocess that exits non-zero. A crash of the interpreter itself (out of memory) stops
-    the whole sweep, which is why ``local`` stays the default.
-    """
-
-    name = "inprocess"
-
-    @staticmethod
-    def execute(job: Job) -> str:
-        return _execute_in_process(job)
-
-
-def _execute_in_process(job: Job) -> str:
-    from da.runs.cli_fit import run_and_release as run_cli
-
-    outcome = claim(job)
-    if outcome is not None:
-        return outcome
-    try:
-        return _run_claimed_in_process(job, run_cli)
-    finally:
-        locks.release(job.run_dir)
-
-
-@contextlib.contextmanager
-def _logging_to(stream):
-    """Point Lightning's console log handlers (and any handler left on a closed stream) at ``stream`` for the run.
-    Lightning adds its handler when first imported, bound to the ``sys.stderr`` of that moment: in an in-process
-    sweep that was the first run's ``sweep.log``, closed after it, so every later run's Lightning lines were lost as
-    "--- Logging error --- ValueError: I/O operation on closed file"."""
-    import logging
-
-    loggers = [logging.getLogger()] + [lg for name, lg in logging.Logger.manager.loggerDict.items()
-                                       if isinstance(lg, logging.Logger)
-                                       and name.split(".")[0] in ("lightning", "pytorch_lightning", "lightning_fabric")]
-    swapped = []
-    for logger in loggers:
-        for h in logger.handlers:
-            if type(h) is not logging.StreamHandler:  # not files, not test-capture handlers
-                continue
-            old = getattr(h, "stream", None)
-            if logger is logging.getLogger() and not getattr(old, "closed", False):
-                continue  # a root handler on a live stream is the user's own
-            swapped.append((h, old))
-            h.stream = stream  # not setStream: it would flush the old, possibly closed, stream
-    try:
-        yield
-    finally:
-        for h, old in swapped:
-            h.stream = old if not getattr(old, "closed", False) else sys.__stderr__
-
-
-def _run_claimed_in_process(job: Job, run_cli) -> str:
-    import signal
-    import traceback
-
-    args = job.argv[job.argv.index("fit"):] if "fit" in job.argv else list(job.argv)
-    run_dir = Path(job.run_dir)
-    started, started_at = time.time(), _now()
-    before = record_signature(run_dir)
-    saved_env = {k: os.environ.get(k) for k in job.env}
-    os.environ.update(job.env)
-    returncode = 0
-    sigint = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after a Ctrl-C; the next run needs it back
-    try:
-        with open(run_dir / LOG_FILE, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
-                _logging_to(log):
-            log.write(f"\n=== {started_at} (in process) da {' '.join(args)}\n")
-            try:
-                run_cli(args)
-            except KeyboardInterrupt:
-                raise
-            except BaseException as err:  # noqa: BLE001 - a failed run, recorded below like a non-zero exit
-                traceback.print_exc(file=log)
-                if interrupt_in_chain(err):  # the run is resumable (its record names the interrupt); stop the sweep
-                    raise KeyboardInterrupt(f"run {run_dir.name} interrupted") from err
-                returncode = 1
-    finally:
-        if sigint is not None:
-            signal.signal(signal.SIGINT, sigint)
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return record_outcome(job, returncode, started, started_at, before)
+__all__ = ["DDPLauncher", "InProcessLauncher", "LAUNCHERS", "LocalGPUsLauncher", "LocalLauncher", "SlurmLauncher",
+           "WORKERS_DIR", "fit_command", "make_launcher", "merge_outcomes", "run_pool", "thread_env", "usable_cores",
+           "visible_gpus"]
 
 
 class DDPLauncher(LocalLauncher):
@@ -185,6 +44,9 @@ class DDPLauncher(LocalLauncher):
     ``trainer.num_nodes``, ``trainer.strategy`` in the sweep's overrides); launched like ``local``."""
 
     name = "ddp"
+
+    def __init__(self):
+        super().__init__(jobs=1)  # Lightning spreads each run over the devices; runs go one at a time
 
 
 def visible_gpus() -> list[str]:
@@ -215,37 +77,7 @@ class LocalGPUsLauncher:
             )
 
     def run(self, jobs: Sequence[Job], progress: Progress) -> list[str]:
-        free: queue.Queue[str] = queue.Queue()
-        for g in self.gpus:
-            free.put(g)
-
-        futures: dict[str, Future] = {}
-
-        def work(job: Job) -> str:
-            for d in job.needs:  # a run this one starts from, launched before it in this pool: wait for it
-                if d in futures:
-                    futures[d].result()
-            gpu = free.get()
-            try:
-                progress.start(job)
-                status = execute_job(job, {"CUDA_VISIBLE_DEVICES": gpu})
-                progress.end(job, status)
-                return status
-            finally:
-                free.put(gpu)
-
-        pool = ThreadPoolExecutor(max_workers=len(self.gpus))
-        for job in jobs:  # in dependency order (run_sweep's), so a job's needs are submitted before it
-            futures[job.run_dir] = pool.submit(work, job)
-        try:
-            return [f.result() for f in futures.values()]
-        except BaseException:
-            for f in futures.values():
-                f.cancel()
-            stop_all()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        return run_pool(jobs, progress, [{"CUDA_VISIBLE_DEVICES": g} for g in self.gpus])
 
 
 class SlurmLauncher:
