@@ -13,7 +13,6 @@ from typing import Any, Optional, Sequence
 
 from da.runs import locks
 from da.runs.lifecycle import interrupt_in_chain
-from da.runs.record import raw_record, update_record
 from da.runs.sweep.jobs import (BUSY, LOG_FILE, SKIPPED, SKIPPED_FAILED, WAITING, Job, Progress, _forget, _now,
                                 claim, record_outcome, record_signature, start_child, stop_all)
 from da.runs.sweep.local import LocalLauncher, thread_env
@@ -101,21 +100,17 @@ class InProcessLauncher(LocalLauncher):
                         progress.end(job, status)
 
         def died(k: int) -> bool:
-            """Worker ``k`` exited: the run it was training (if any) gets a failed record; True to start another
-            worker in its place (it died in a run, so the rest of its walk may still be needed)."""
-            read_events(k)
-            deaths.append(procs[k].returncode)
+            """Worker ``k`` exited with an error: the run it was training (if any) gets a failed record; True to start
+            another worker in its place (it died in a run, so the rest of its walk may still be needed)."""
+            code = procs[k].returncode
+            deaths.append(code)
             run_dir, training[k] = training[k], None
             if run_dir is None:
                 return False
             job = by_dir[run_dir]
-            code = procs[k].returncode
-            status = record_outcome(job, code, started[run_dir][0], started[run_dir][1], before[run_dir])
-            record = raw_record(run_dir) or {}
-            if status == "failed" and record.get("status") == "failed":  # say what happened, on the error's last line
-                update_record(run_dir, error=f"{record.get('error') or ''}\nda sweep: its worker process "
-                              f"(pid {procs[k].pid}) died with status {code} while training this run"
-                              + (" (killed: out of memory?)" if code == -signal.SIGKILL else ""))
+            note = (f"da sweep: its worker process (pid {procs[k].pid}) died with status {code} while training this "
+                    "run" + (" (killed: out of memory?)" if code == -signal.SIGKILL else ""))
+            status = record_outcome(job, code, *started[run_dir], before[run_dir], note=note)
             reports[run_dir].append(status)
             progress.end(job, status)
             return True
@@ -128,18 +123,15 @@ class InProcessLauncher(LocalLauncher):
                 for k, proc in enumerate(procs):
                     if proc is None:
                         continue
-                    read_events(k)
-                    if proc.poll() is None:
+                    running = proc.poll() is None
+                    read_events(k)  # after the poll: an exited worker's last events are all on disk
+                    if running:
                         alive += 1
                         continue
                     _forget(proc)
                     if proc.returncode in (130, -signal.SIGINT, -signal.SIGTERM):  # stopped, not crashed: the
-                        read_events(k)                                # whole sweep stops, its runs resumable
-                        raise KeyboardInterrupt(f"sweep worker {proc.pid} was stopped")
-                    if proc.returncode == 0:
-                        read_events(k)
-                        procs[k] = None
-                    elif died(k):
+                        raise KeyboardInterrupt(f"sweep worker {proc.pid} was stopped")  # sweep stops, resumable
+                    if proc.returncode != 0 and died(k):
                         spawn(k)
                         alive += 1
                     else:

@@ -220,13 +220,15 @@ def record_signature(run_dir: str | Path) -> Optional[tuple]:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def record_outcome(job: Job, returncode: int, started: float, started_at: str, before: Optional[tuple] = None) -> str:
+def record_outcome(job: Job, returncode: int, started: float, started_at: str, before: Optional[tuple] = None,
+                   note: str = "") -> str:
     """After a job's process ended: return ``"finished"`` or ``"failed"`` and make the record say so.
 
     A record is *fresh* when ``result.json`` changed since ``before`` (its signature at launch). Exit 0 with a fresh
     ``finished`` record: annotate it with ``sweep`` and return ``finished``. Anything else (non-zero
     exit, no fresh record, a record still ``running``) becomes a ``failed`` record carrying the error:
-    the run's own error when its fresh record has one, else the exit status and the tail of its output.
+    the run's own error when its fresh record has one, else the exit status and the tail of its output; a ``note``
+    (what the sweep knows of the failure) becomes the error's last line, the one summaries show.
     """
     run_dir = Path(job.run_dir)
     record = raw_record(run_dir)
@@ -237,8 +239,9 @@ def record_outcome(job: Job, returncode: int, started: float, started_at: str, b
             write_record(run_dir, record)
         return "finished"
     if fresh and record.get("status") == "failed" and record.get("error"):
-        if not record.get("sweep"):
-            record["sweep"] = job.sweep
+        if not record.get("sweep") or note:
+            record["sweep"] = record.get("sweep") or job.sweep
+            record["error"] += f"\n{note}" if note else ""
             write_record(run_dir, record)
         return "failed"
     base = record if fresh else {}
@@ -262,7 +265,7 @@ def record_outcome(job: Job, returncode: int, started: float, started_at: str, b
         "started_at": base.get("started_at") or started_at,
         "finished_at": _now(),
         "error": f"da sweep: the run {why}; command: {' '.join(job.argv)}\n--- tail of {LOG_FILE} ---\n"
-                 + _log_tail(run_dir),
+                 + _log_tail(run_dir) + (f"\n{note}" if note else ""),
         "sweep": job.sweep,
     }
     write_record(run_dir, failed)
@@ -290,12 +293,12 @@ def claim(job: Job, abandoned: Optional[Callable[[Job], bool]] = None) -> Option
     if locks.try_lock(job.run_dir) is None:
         return BUSY
     _, action = decide(job.run_dir, job.retry_failed)
-    if abandoned is not None and action not in ("skip", "skip-failed") and abandoned(job):
-        locks.release(job.run_dir)
-        return BUSY
     if action in ("skip", "skip-failed"):
         locks.release(job.run_dir)
         return SKIPPED if action == "skip" else SKIPPED_FAILED
+    if abandoned is not None and abandoned(job):
+        locks.release(job.run_dir)
+        return BUSY
     waiting = [Path(d).name for d in unfinished(job.needs)]
     if waiting:
         locks.release(job.run_dir)
